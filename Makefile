@@ -1,0 +1,86 @@
+# sluice — one non-recursive Makefile.  Variants build into build/<variant>/:
+#   make            release build (build/release/sluice)
+#   make asan       AddressSanitizer + UBSan build (build/asan/sluice)
+#   make run        install what is missing, build, start the demo origin + sluice
+#   make test       install, build both variants, run every test on each
+#   make bench      the shared side-by-side benchmark against nginx/HAProxy/Varnish
+VARIANT ?= release
+B := build/$(VARIANT)
+
+CC ?= cc
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wundef \
+        -Wno-unused-parameter -Wno-missing-field-initializers
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -pthread -I. -I/usr/share/include/llhttp
+ifeq ($(VARIANT),asan)
+OPT := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+else
+OPT := -O2
+endif
+PKGS := libuv hiredis openssl libpq
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS_ALL := $(BASE_CFLAGS) $(OPT) $(WARN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS_ALL := $(OPT) -pthread $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lm
+
+MODULES := common conf stats upstream proxy
+LIB_SRC := $(filter-out proxy/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+LLHTTP_SRC := $(wildcard /usr/share/llhttp/*.c)
+LLHTTP_OBJ := $(patsubst /usr/share/llhttp/%.c,$(B)/llhttp/%.o,$(LLHTTP_SRC))
+UNIT_SRC := $(wildcard test/unit/*_test.c)
+UNIT_BIN := $(UNIT_SRC:test/unit/%.c=$(B)/test/%)
+
+all: $(B)/sluice $(B)/sluice-origin $(UNIT_BIN)
+
+$(B)/sluice: $(B)/proxy/main.o $(B)/libsluice.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/sluice-origin: $(B)/test/origin/origin.o $(B)/libsluice.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/libsluice.a: $(LIB_OBJ) $(LLHTTP_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/test/%: $(B)/test/unit/%.o $(B)/libsluice.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
+
+# llhttp is generated code: its own relaxed flags, never under our -Werror.
+$(B)/llhttp/%.o: /usr/share/llhttp/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -g $(OPT) -I/usr/share/include/llhttp -w -c -o $@ $<
+
+asan:
+	$(MAKE) VARIANT=asan all
+
+deps:
+	scripts/deps
+
+run: deps
+	$(MAKE) all
+	scripts/run-demo
+
+test: deps
+	$(MAKE) all
+	$(MAKE) VARIANT=asan all
+	scripts/test-all
+
+unit: all
+	scripts/test-all --unit-only
+
+bench: deps all
+	CANDIDATE=scripts/candidate ../shared/bench/run SCENARIOS=$${SCENARIOS:-pass hit}
+
+clean:
+	rm -rf build
+
+.PHONY: all asan deps run test unit bench clean
+.SECONDARY:
+
+-include $(shell find build -name '*.d' 2>/dev/null)

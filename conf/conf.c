@@ -1,0 +1,1411 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * conf pass 2: the directive table applied to the tree that parse.c built,
+ * the checks that need the whole picture, and the snapshot's life (printing,
+ * refcount, free).
+ *
+ * Every directive is one row of `directives`: where it may appear, its
+ * arguments and block, the parser that stores it into a field (offset) of
+ * the enclosing struct within bounds, the printer that writes it back, and
+ * its default written in conf syntax.  Defaults go through the same parsers
+ * before a block's own directives, so a default can never be something the
+ * parser would refuse, and conf_print walks the same rows, which is what
+ * makes print -> load give an equal snapshot.  Checks that would be
+ * quadratic (repeated names, listen conflicts) sort instead, so even a
+ * hostile file of the largest accepted size loads quickly.
+ * Main thread only, except conf_ref/conf_unref.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "conf/conf_int.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define MS_SECOND 1000ull
+#define MS_MINUTE (60 * MS_SECOND)
+#define MS_HOUR   (60 * MS_MINUTE)
+#define MS_DAY    (24 * MS_HOUR)
+#define KIB       1024ull
+#define MIB       (1024 * KIB)
+#define GIB       (1024 * MIB)
+
+/* listen x server_name pairs the virtual-host check may expand to; far
+ * above any real configuration, low enough to bound its memory */
+#define MAX_ADDR_USES 1000000
+
+enum ctx {
+    CTX_MAIN = 1u << 0,
+    CTX_ADMIN = 1u << 1,
+    CTX_UPSTREAM = 1u << 2,
+    CTX_SERVER = 1u << 3,
+    CTX_ROUTE = 1u << 4
+};
+
+/* Pass 2 state. */
+struct build {
+    struct conf_loader *ld;
+    struct conf *conf;
+    struct conf_upstream **by_name; /* conf->upstreams sorted by name, made at the first route lookup */
+};
+
+struct directive;
+typedef void (*directive_parse_cb)(struct build *b, const struct conf_node *n, const struct directive *d,
+                                   void *obj);
+typedef void (*directive_print_cb)(FILE *out, int indent, const struct directive *d, const void *obj);
+
+/* A number with units: how it is read, printed and explained. */
+struct unit {
+    const char *suffix;
+    uint64_t factor;
+};
+
+struct unit_kind {
+    const char *what;
+    const struct unit *units; /* largest first: printing takes the first that divides */
+    size_t nunits;
+    bool ignores_case;
+    const char *zero;    /* how 0 prints */
+    const char *expect;  /* the complaint about text that is no such value */
+    const char *missing; /* the complaint about a bare number, NULL if one is fine */
+};
+
+/* One row per directive and context.  obj, the parser's and printer's last
+ * argument, is the struct of the enclosing block: struct conf for main and
+ * admin, then struct conf_upstream, conf_server or conf_route. */
+struct directive {
+    const char *name;
+    unsigned ctx; /* CTX_* where it is allowed */
+    enum conf_block_rule block;
+    unsigned min_args, max_args; /* not counting the name */
+    bool is_multi;               /* may be repeated in one block */
+    bool is_early;               /* applied before the other rows of its block (upstreams before routes) */
+    directive_parse_cb parse;
+    directive_print_cb print; /* NULL: printed by another row (remove_header by set_header) */
+    size_t offset;            /* of the target field in obj */
+    uint64_t lo, hi;          /* bounds of numbers, sizes and durations */
+    const struct unit_kind *kind;
+    const char *const *words; /* enum values, NULL-terminated, by value */
+    const char *def;          /* the default's arguments in conf syntax, NULL = none */
+};
+
+static const struct unit duration_units[] = {
+    {"d", MS_DAY}, {"h", MS_HOUR}, {"m", MS_MINUTE}, {"s", MS_SECOND}, {"ms", 1},
+};
+static const struct unit size_units[] = {{"g", GIB}, {"m", MIB}, {"k", KIB}, {"", 1}};
+static const struct unit number_units[] = {{"", 1}};
+
+static const struct unit_kind durations = {
+    .what = "duration",
+    .units = duration_units,
+    .nunits = ARRAY_SIZE(duration_units),
+    .zero = "0s",
+    .expect = "expected a number and a unit: ms, s, m, h or d",
+    .missing = "a unit is required: ms, s, m, h or d",
+};
+static const struct unit_kind sizes = {
+    .what = "size",
+    .units = size_units,
+    .nunits = ARRAY_SIZE(size_units),
+    .ignores_case = true,
+    .zero = "0",
+    .expect = "expected a number with an optional k, m or g suffix",
+};
+static const struct unit_kind numbers = {
+    .what = "number",
+    .units = number_units,
+    .nunits = ARRAY_SIZE(number_units),
+    .zero = "0",
+    .expect = "expected a number",
+};
+
+static const char *const on_off[] = {"off", "on", NULL};
+static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const balances[] = {"round_robin", "least_conn", "p2c", NULL};
+
+/* Directives of later features (CONF.md): known, so they get a better error
+ * than "unknown". */
+static const char *const future_directives[] = {
+    "cache",
+    "limit",
+    "redis",
+    "analytics",
+    "access_log",
+    "retry",
+    "retry_budget",
+    "breaker",
+    "health_check",
+    "deadline",
+    "fallback",
+    "max_inflight",
+    "retry_non_idempotent",
+    "tls_verify",
+    "tls_ca",
+    NULL,
+};
+
+_Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
+_Static_assert(sizeof(enum conf_log_level) == sizeof(unsigned), "enums are stored as unsigned");
+
+const char conf_embedded_default[] = "# The built-in configuration: sluice's demo origin on 127.0.0.1:8081\n"
+                                     "# behind a listener on 127.0.0.1:8080.  `sluice -c FILE` replaces it.\n"
+                                     "workers 1;\n"
+                                     "admin { listen 127.0.0.1:9901; }\n"
+                                     "upstream demo { server 127.0.0.1:8081; }\n"
+                                     "server {\n"
+                                     "    listen 127.0.0.1:8080;\n"
+                                     "    route / { upstream demo; }\n"
+                                     "}\n";
+
+static void apply_defaults(struct build *b, unsigned ctx, void *obj);
+static void apply_block(struct build *b, unsigned ctx, const struct conf_node *block, void *obj);
+static void print_block(FILE *out, int indent, unsigned ctx, const void *obj);
+
+/* --- values --- */
+
+static void *field(void *obj, const struct directive *d)
+{
+    return (char *)obj + d->offset;
+}
+
+static const void *cfield(const void *obj, const struct directive *d)
+{
+    return (const char *)obj + d->offset;
+}
+
+/* Reads s as a kind of value; returns NULL, or why s is not one. */
+static const char *unit_value(const char *s, const struct unit_kind *k, uint64_t *out)
+{
+    const char *p = s;
+    uint64_t v = 0;
+    bool is_overflow = false;
+    if (!isdigit((unsigned char)*p))
+        return k->expect;
+    for (; isdigit((unsigned char)*p); p++) {
+        unsigned digit = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - digit) / 10)
+            is_overflow = true;
+        else
+            v = v * 10 + digit;
+    }
+    int (*cmp)(const char *, const char *) = k->ignores_case ? strcasecmp : strcmp;
+    for (size_t i = 0; i < k->nunits; i++) {
+        if (cmp(p, k->units[i].suffix) != 0)
+            continue;
+        if (is_overflow || v > UINT64_MAX / k->units[i].factor)
+            return "too large";
+        *out = v * k->units[i].factor;
+        return NULL;
+    }
+    return *p == '\0' && k->missing ? k->missing : k->expect;
+}
+
+static const char *format_value(char buf[32], uint64_t v, const struct unit_kind *k)
+{
+    if (v == 0)
+        return k->zero;
+    for (size_t i = 0; i < k->nunits; i++) {
+        if (v % k->units[i].factor == 0) {
+            snprintf(buf, 32, "%" PRIu64 "%s", v / k->units[i].factor, k->units[i].suffix);
+            break;
+        }
+    }
+    return buf;
+}
+
+/* Reads text as a kind of value within lo..hi, reporting why not as "label: ...". */
+static bool parse_bounded(struct build *b, const struct conf_node *n, const char *label, const char *text,
+                          const struct unit_kind *k, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    uint64_t v;
+    const char *why = unit_value(text, k, &v);
+    if (why != NULL) {
+        conf_report(b->ld, &n->pos, "%s: invalid %s \"%s\": %s", label, k->what, text, why);
+        return false;
+    }
+    if (v < lo || v > hi) {
+        char a[32], z[32];
+        conf_report(b->ld, &n->pos, "%s: %s is out of range (%s..%s)", label, text, format_value(a, lo, k),
+                    format_value(z, hi, k));
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* Returns the index of text in words, or reports and returns -1. */
+static int choose(struct build *b, const struct conf_node *n, const char *label, const char *text,
+                  const char *const *words)
+{
+    for (int i = 0; words[i] != NULL; i++)
+        if (strcmp(text, words[i]) == 0)
+            return i;
+    char list[256];
+    size_t len = 0;
+    list[0] = '\0';
+    for (int i = 0; words[i] != NULL && len < sizeof(list); i++) {
+        const char *sep = i == 0 ? "" : words[i + 1] ? ", " : " or ";
+        len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", sep, words[i]);
+    }
+    conf_report(b->ld, &n->pos, "%s: invalid value \"%s\" (expected %s)", label, text, list);
+    return -1;
+}
+
+static bool port_value(const char *s, uint16_t *port)
+{
+    uint64_t v;
+    if (unit_value(s, &numbers, &v) != NULL || v < 1 || v > 65535)
+        return false;
+    *port = (uint16_t)v;
+    return true;
+}
+
+/* RFC 9110 token: a header name. */
+static bool is_token(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && strchr("!#$%&'*+-.^_`|~", *s) == NULL)
+            return false;
+    return true;
+}
+
+/* RFC 9110 field-value: no control characters but HTAB (so no CR, LF, NUL). */
+static bool is_field_value(const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* Visible ASCII only: printable characters of a bearer token or a URL path. */
+static bool is_visible(const char *s, const char *except)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 0x20 || c >= 0x7f || strchr(except, c) != NULL)
+            return false;
+    }
+    return true;
+}
+
+static bool is_name_char(unsigned char c)
+{
+    return isalnum(c) || c == '-' || c == '.' || c == '_';
+}
+
+static bool is_name(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!is_name_char((unsigned char)*s))
+            return false;
+    return true;
+}
+
+/* A host name, or an IPv4 literal (all digits and dots) that inet_pton takes. */
+static bool is_host(const char *s)
+{
+    if (!is_name(s))
+        return false;
+    if (s[strspn(s, "0123456789.")] != '\0')
+        return true;
+    struct in_addr a;
+    return inet_pton(AF_INET, s, &a) == 1;
+}
+
+/* Lowercase already: "example.com", "*.example.com". */
+static bool is_server_name(const char *s)
+{
+    if (strncmp(s, "*.", 2) == 0)
+        s += 2;
+    return is_name(s) && strlen(s) <= 253 && s[0] != '.' && strstr(s, "..") == NULL;
+}
+
+/* --- numbers, sizes, durations, flags, enums --- */
+
+static void parse_u64(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    uint64_t v;
+    if (parse_bounded(b, n, n->argv[0], n->argv[1], d->kind, d->lo, d->hi, &v))
+        *(uint64_t *)field(obj, d) = v;
+}
+
+static void print_u64(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    char buf[32];
+    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name,
+            format_value(buf, *(const uint64_t *)cfield(obj, d), d->kind));
+}
+
+static void parse_unsigned(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    uint64_t v;
+    if (parse_bounded(b, n, n->argv[0], n->argv[1], &numbers, d->lo, d->hi, &v))
+        *(unsigned *)field(obj, d) = (unsigned)v;
+}
+
+static void print_unsigned(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    fprintf(out, "%*s%s %u;\n", indent * 4, "", d->name, *(const unsigned *)cfield(obj, d));
+}
+
+static void parse_flag(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    int v = choose(b, n, n->argv[0], n->argv[1], on_off);
+    if (v >= 0)
+        *(bool *)field(obj, d) = v;
+}
+
+static void print_flag(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, on_off[*(const bool *)cfield(obj, d)]);
+}
+
+static void parse_enum(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    int v = choose(b, n, n->argv[0], n->argv[1], d->words);
+    if (v >= 0)
+        *(unsigned *)field(obj, d) = (unsigned)v;
+}
+
+static void print_enum(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, d->words[*(const unsigned *)cfield(obj, d)]);
+}
+
+/* A word as the lexer reads it back: bare when it can be, else quoted. */
+static void print_word(FILE *out, const char *s)
+{
+    bool is_bare = *s != '\0';
+    for (const char *p = s; *p && is_bare; p++) {
+        unsigned char c = (unsigned char)*p;
+        is_bare = c > 0x20 && c != 0x7f && strchr("\";{}#\\$", c) == NULL;
+    }
+    if (is_bare) {
+        fputs(s, out);
+        return;
+    }
+    fputc('"', out);
+    for (const char *p = s; *p; p++) {
+        if (strchr("\"\\$", *p) != NULL)
+            fputc('\\', out);
+        fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+/* --- main context --- */
+
+static void parse_workers(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    if (strcmp(n->argv[1], "auto") != 0) {
+        parse_unsigned(b, n, d, obj);
+        return;
+    }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < (long)d->lo)
+        cpus = (long)d->lo;
+    if (cpus > (long)d->hi)
+        cpus = (long)d->hi;
+    *(unsigned *)field(obj, d) = (unsigned)cpus;
+}
+
+static void parse_error_log(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    if (strcmp(n->argv[1], "stderr") != 0)
+        conf_report(b->ld, &n->pos, "error_log: only stderr is supported for now, not \"%s\"", n->argv[1]);
+    int level = choose(b, n, n->argv[0], n->argv[2], log_levels);
+    if (level >= 0)
+        conf->log_level = (enum conf_log_level)level;
+}
+
+static void print_error_log(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    fprintf(out, "%*s%s stderr %s;\n", indent * 4, "", d->name, log_levels[conf->log_level]);
+}
+
+static void parse_admin(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    if (n->has_block != (n->argc == 1)) {
+        conf_report(b->ld, &n->pos, "admin: expected \"admin { ... }\" or \"admin off;\"");
+        return;
+    }
+    if (n->has_block) {
+        conf->admin_enabled = true;
+        apply_block(b, CTX_ADMIN, n, conf);
+        return;
+    }
+    int on = choose(b, n, n->argv[0], n->argv[1], on_off);
+    if (on >= 0)
+        conf->admin_enabled = on;
+}
+
+static void print_admin(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    if (!conf->admin_enabled) {
+        fprintf(out, "%*s%s off;\n", indent * 4, "", d->name);
+        return;
+    }
+    fprintf(out, "\n%*s%s {\n", indent * 4, "", d->name);
+    print_block(out, indent + 1, CTX_ADMIN, obj);
+    fprintf(out, "%*s}\n", indent * 4, "");
+}
+
+/* "IPv4:PORT", "[IPv6]:PORT", "*:PORT" or "PORT" (0.0.0.0) into l's address and text. */
+static bool listen_addr(struct build *b, const struct conf_node *n, const char *text, struct conf_listen *l)
+{
+    char host[INET6_ADDRSTRLEN + 1] = "0.0.0.0";
+    const char *port_text = text;
+    bool is_v6 = false;
+    const char *colon = strrchr(text, ':');
+    if (colon != NULL) {
+        const char *h = text;
+        size_t hlen = (size_t)(colon - text);
+        if (text[0] == '[' && hlen >= 2 && colon[-1] == ']') {
+            h++;
+            hlen -= 2;
+            is_v6 = true;
+        }
+        if (hlen >= sizeof(host))
+            goto bad;
+        memcpy(host, h, hlen);
+        host[hlen] = '\0';
+        if (!is_v6 && strcmp(host, "*") == 0)
+            strcpy(host, "0.0.0.0");
+        port_text = colon + 1;
+    }
+    uint16_t port;
+    if (!port_value(port_text, &port)) {
+        if (colon == NULL)
+            goto bad;
+        conf_report(b->ld, &n->pos, "%s: invalid port in \"%s\" (1..65535)", n->argv[0], text);
+        return false;
+    }
+    memset(&l->addr, 0, sizeof(l->addr));
+    void *bytes;
+    if (is_v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&l->addr;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(port);
+        l->addrlen = sizeof(*a);
+        bytes = &a->sin6_addr;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&l->addr;
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+        l->addrlen = sizeof(*a);
+        bytes = &a->sin_addr;
+    }
+    int family = is_v6 ? AF_INET6 : AF_INET;
+    if (inet_pton(family, host, bytes) != 1)
+        goto bad;
+    char canon[INET6_ADDRSTRLEN], buf[INET6_ADDRSTRLEN + 16];
+    inet_ntop(family, bytes, canon, sizeof(canon));
+    snprintf(buf, sizeof(buf), is_v6 ? "[%s]:%u" : "%s:%u", canon, port);
+    l->text = conf_xstrdup(buf);
+    return true;
+bad:
+    conf_report(b->ld, &n->pos,
+                "%s: invalid address \"%s\" (expected IPv4:PORT, [IPv6]:PORT, *:PORT or PORT)", n->argv[0],
+                text);
+    return false;
+}
+
+static void parse_admin_listen(struct build *b, const struct conf_node *n, const struct directive *d,
+                               void *obj)
+{
+    struct conf *conf = obj;
+    struct conf_listen l = {.pos = n->pos};
+    if (!listen_addr(b, n, n->argv[1], &l))
+        return;
+    free(conf->admin_listen.text);
+    conf->admin_listen = l;
+}
+
+static void print_admin_listen(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, conf->admin_listen.text);
+}
+
+static void parse_admin_token(struct build *b, const struct conf_node *n, const struct directive *d,
+                              void *obj)
+{
+    struct conf *conf = obj;
+    if (!is_visible(n->argv[1], "")) {
+        conf_report(b->ld, &n->pos, "token: must be printable ASCII without spaces");
+        return;
+    }
+    free(conf->admin_token);
+    conf->admin_token = conf_xstrdup(n->argv[1]);
+}
+
+static void print_admin_token(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    if (conf->admin_token == NULL)
+        return;
+    fprintf(out, "%*s%s ", indent * 4, "", d->name);
+    print_word(out, conf->admin_token);
+    fputs(";\n", out);
+}
+
+static bool has_kid(const struct conf_node *n, const char *name)
+{
+    for (size_t i = 0; i < n->nkids; i++)
+        if (strcmp(n->kids[i].argv[0], name) == 0)
+            return true;
+    return false;
+}
+
+struct keyed {
+    const char *key;
+    size_t index;
+};
+
+static int cmp_keyed(const void *a, const void *b)
+{
+    const struct keyed *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+/* For an array of n structs of stride bytes with a string at key_offset:
+ * first[i] is the index of the first element with element i's key, or
+ * SIZE_MAX when i is that first one.  Sorting keeps this O(n log n). */
+static size_t *find_repeats(const void *base, size_t n, size_t stride, size_t key_offset)
+{
+    struct keyed *v = conf_xcalloc(n, sizeof(*v));
+    for (size_t i = 0; i < n; i++) {
+        v[i].key = *(char *const *)((const char *)base + i * stride + key_offset);
+        v[i].index = i;
+    }
+    qsort(v, n, sizeof(*v), cmp_keyed);
+    size_t *first = conf_xcalloc(n, sizeof(*first));
+    for (size_t i = 0, g = 0; i < n; i++) {
+        if (i > 0 && strcmp(v[i].key, v[g].key) == 0) {
+            first[v[i].index] = v[g].index;
+        } else {
+            g = i;
+            first[v[i].index] = SIZE_MAX;
+        }
+    }
+    free(v);
+    return first;
+}
+
+/* Reports every element whose key repeats an earlier one's, at its conf_pos. */
+static void report_repeats(struct build *b, const char *what, const void *base, size_t n, size_t stride,
+                           size_t key_offset, size_t pos_offset)
+{
+    size_t *first = find_repeats(base, n, stride, key_offset);
+    for (size_t i = 0; i < n; i++) {
+        if (first[i] == SIZE_MAX)
+            continue;
+        const char *elem = (const char *)base + i * stride;
+        const struct conf_pos *pos = (const struct conf_pos *)(elem + pos_offset);
+        const struct conf_pos *was =
+            (const struct conf_pos *)((const char *)base + first[i] * stride + pos_offset);
+        conf_report(b->ld, pos, "%s \"%s\" is repeated (first at %s:%d)", what,
+                    *(char *const *)(elem + key_offset), was->file, was->line);
+    }
+    free(first);
+}
+
+#define REPORT_REPEATS(b, what, array, n, key)                                                               \
+    report_repeats(b, what, array, n, sizeof(*(array)), offsetof(__typeof__(*(array)), key),                 \
+                   offsetof(__typeof__(*(array)), pos))
+
+/* --- upstream --- */
+
+static void parse_upstream(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    const char *name = n->argv[1];
+    if (!is_name(name))
+        conf_report(b->ld, &n->pos, "upstream: invalid name \"%s\" (letters, digits, \"_\", \"-\" and \".\")",
+                    name);
+    struct conf_upstream *u = CONF_PUSH(conf->upstreams, conf->nupstreams);
+    u->name = conf_xstrdup(name);
+    u->pos = n->pos;
+    apply_defaults(b, CTX_UPSTREAM, u);
+    apply_block(b, CTX_UPSTREAM, n, u);
+    size_t nbackup = 0;
+    for (size_t i = 0; i < u->nservers; i++)
+        nbackup += u->servers[i].backup;
+    if (!has_kid(n, "server"))
+        conf_report(b->ld, &n->pos, "upstream \"%s\" has no server", name);
+    else if (u->nservers > 0 && nbackup == u->nservers)
+        conf_report(b->ld, &n->pos, "upstream \"%s\" has only backup servers", name);
+    REPORT_REPEATS(b, "server", u->servers, u->nservers, name);
+}
+
+static void print_upstreams(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        fprintf(out, "\n%*s%s %s {\n", indent * 4, "", d->name, conf->upstreams[i].name);
+        print_block(out, indent + 1, CTX_UPSTREAM, &conf->upstreams[i]);
+        fprintf(out, "%*s}\n", indent * 4, "");
+    }
+}
+
+/* "HOST:PORT" or "[IPv6]:PORT"; *host gets the host without brackets. */
+static bool host_port(const char *text, char **host, uint16_t *port, bool *is_v6)
+{
+    const char *colon = strrchr(text, ':');
+    if (colon == NULL || !port_value(colon + 1, port))
+        return false;
+    const char *h = text;
+    size_t hlen = (size_t)(colon - text);
+    *is_v6 = text[0] == '[' && hlen >= 2 && colon[-1] == ']';
+    if (*is_v6) {
+        h++;
+        hlen -= 2;
+    }
+    char buf[254];
+    if (hlen == 0 || hlen >= sizeof(buf))
+        return false;
+    memcpy(buf, h, hlen);
+    buf[hlen] = '\0';
+    struct in6_addr a6;
+    if (*is_v6 ? inet_pton(AF_INET6, buf, &a6) != 1 : !is_host(buf))
+        return false;
+    *host = conf_xstrdup(buf);
+    return true;
+}
+
+static void parse_upstream_server(struct build *b, const struct conf_node *n, const struct directive *d,
+                                  void *obj)
+{
+    struct conf_upstream *u = obj;
+    char *host = NULL;
+    uint16_t port = 0;
+    bool is_v6 = false, is_ok = true, is_backup = false, is_tls = false;
+    unsigned weight = 1;
+    if (!host_port(n->argv[1], &host, &port, &is_v6)) {
+        conf_report(b->ld, &n->pos, "server: invalid address \"%s\" (expected HOST:PORT or [IPv6]:PORT)",
+                    n->argv[1]);
+        is_ok = false;
+    }
+    for (size_t i = 2; i < n->argc; i++) {
+        const char *a = n->argv[i];
+        uint64_t v;
+        if (strncmp(a, "weight=", 7) == 0) {
+            if (parse_bounded(b, n, "server weight", a + 7, &numbers, 1, 1000, &v))
+                weight = (unsigned)v;
+            else
+                is_ok = false;
+        } else if (strcmp(a, "backup") == 0) {
+            is_backup = true;
+        } else if (strcmp(a, "tls") == 0) {
+            is_tls = true;
+        } else {
+            conf_report(b->ld, &n->pos, "server: unknown parameter \"%s\"", a);
+            is_ok = false;
+        }
+    }
+    if (!is_ok) {
+        free(host);
+        return;
+    }
+    struct conf_upstream_server *s = CONF_PUSH(u->servers, u->nservers);
+    size_t size = strlen(host) + sizeof("[]:65535");
+    s->name = conf_xcalloc(1, size);
+    snprintf(s->name, size, is_v6 ? "[%s]:%u" : "%s:%u", host, port);
+    s->host = host;
+    s->port = port;
+    s->weight = weight;
+    s->backup = is_backup;
+    s->tls = is_tls;
+    s->pos = n->pos;
+}
+
+static void print_upstream_servers(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_upstream *u = obj;
+    for (size_t i = 0; i < u->nservers; i++) {
+        const struct conf_upstream_server *s = &u->servers[i];
+        fprintf(out, "%*s%s %s weight=%u%s%s;\n", indent * 4, "", d->name, s->name, s->weight,
+                s->backup ? " backup" : "", s->tls ? " tls" : "");
+    }
+}
+
+/* --- server --- */
+
+static void parse_listen(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_server *s = obj;
+    struct conf_listen l = {.pos = n->pos};
+    bool is_ok = listen_addr(b, n, n->argv[1], &l);
+    const char *cert = NULL, *key = NULL;
+    for (size_t i = 2; i < n->argc; i++) {
+        const char *a = n->argv[i];
+        if (strcmp(a, "tls") == 0) {
+            l.tls = true;
+        } else if (strncmp(a, "cert=", 5) == 0) {
+            cert = a + 5;
+        } else if (strncmp(a, "key=", 4) == 0) {
+            key = a + 4;
+        } else {
+            conf_report(b->ld, &n->pos, "listen: unknown parameter \"%s\"", a);
+            is_ok = false;
+        }
+    }
+    if (l.tls && (cert == NULL || *cert == '\0' || key == NULL || *key == '\0')) {
+        conf_report(b->ld, &n->pos, "listen: tls needs cert=FILE and key=FILE");
+        is_ok = false;
+    } else if (!l.tls && (cert != NULL || key != NULL)) {
+        conf_report(b->ld, &n->pos, "listen: cert= and key= need tls");
+        is_ok = false;
+    }
+    if (!is_ok) {
+        free(l.text);
+        return;
+    }
+    if (l.tls) {
+        /* like includes, relative to the file that names them */
+        l.tls_cert = conf_path_resolve(n->pos.file, cert);
+        l.tls_key = conf_path_resolve(n->pos.file, key);
+    }
+    *CONF_PUSH(s->listens, s->nlistens) = l;
+}
+
+static void print_listens(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_server *s = obj;
+    for (size_t i = 0; i < s->nlistens; i++) {
+        const struct conf_listen *l = &s->listens[i];
+        fprintf(out, "%*s%s %s", indent * 4, "", d->name, l->text);
+        if (l->tls) {
+            fputs(" tls cert=", out);
+            print_word(out, l->tls_cert);
+            fputs(" key=", out);
+            print_word(out, l->tls_key);
+        }
+        fputs(";\n", out);
+    }
+}
+
+static void parse_server_name(struct build *b, const struct conf_node *n, const struct directive *d,
+                              void *obj)
+{
+    struct conf_server *s = obj;
+    for (size_t i = 1; i < n->argc; i++) {
+        char *name = conf_xstrdup(n->argv[i]);
+        for (char *p = name; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        if (!is_server_name(name)) {
+            conf_report(b->ld, &n->pos, "server_name: invalid name \"%s\"", n->argv[i]);
+            free(name);
+            continue;
+        }
+        *CONF_PUSH(s->names, s->nnames) = name;
+    }
+}
+
+static void print_server_names(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_server *s = obj;
+    if (s->nnames == 0)
+        return;
+    fprintf(out, "%*s%s", indent * 4, "", d->name);
+    for (size_t i = 0; i < s->nnames; i++)
+        fprintf(out, " %s", s->names[i]);
+    fputs(";\n", out);
+}
+
+static void parse_process_time_header(struct build *b, const struct conf_node *n, const struct directive *d,
+                                      void *obj)
+{
+    struct conf_server *s = obj;
+    const char *v = n->argv[1];
+    if (strcmp(v, "off") != 0 && !is_token(v)) {
+        conf_report(b->ld, &n->pos, "process_time_header: invalid header name \"%s\"", v);
+        return;
+    }
+    free(s->process_time_header);
+    s->process_time_header = strcmp(v, "off") == 0 ? NULL : conf_xstrdup(v);
+}
+
+static void print_process_time_header(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_server *s = obj;
+    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name,
+            s->process_time_header ? s->process_time_header : "off");
+}
+
+static int cmp_route(const void *a, const void *b)
+{
+    const struct conf_route *x = a, *y = b;
+    if (x->prefix_len != y->prefix_len)
+        return x->prefix_len > y->prefix_len ? -1 : 1;
+    return strcmp(x->prefix, y->prefix);
+}
+
+static void parse_server(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    struct conf_server *s = CONF_PUSH(conf->servers, conf->nservers);
+    s->pos = n->pos;
+    apply_defaults(b, CTX_SERVER, s);
+    apply_block(b, CTX_SERVER, n, s);
+    if (!has_kid(n, "listen"))
+        conf_report(b->ld, &n->pos, "server has no listen");
+    REPORT_REPEATS(b, "listen", s->listens, s->nlistens, text);
+    REPORT_REPEATS(b, "route", s->routes, s->nroutes, prefix);
+    size_t *first = find_repeats(s->names, s->nnames, sizeof(*s->names), 0);
+    for (size_t i = 0; i < s->nnames; i++)
+        if (first[i] != SIZE_MAX)
+            conf_report(b->ld, &n->pos, "server_name \"%s\" is repeated in this server", s->names[i]);
+    free(first);
+    if (s->nroutes > 1)
+        qsort(s->routes, s->nroutes, sizeof(*s->routes), cmp_route);
+}
+
+static void print_servers(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    for (size_t i = 0; i < conf->nservers; i++) {
+        fprintf(out, "\n%*s%s {\n", indent * 4, "", d->name);
+        print_block(out, indent + 1, CTX_SERVER, &conf->servers[i]);
+        fprintf(out, "%*s}\n", indent * 4, "");
+    }
+}
+
+/* --- route --- */
+
+static void parse_route(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_server *s = obj;
+    const char *prefix = n->argv[1];
+    if (prefix[0] != '/' || !is_visible(prefix, "?#"))
+        conf_report(b->ld, &n->pos,
+                    "route: invalid prefix \"%s\" (must start with \"/\"; no spaces, \"?\" or \"#\")",
+                    prefix);
+    struct conf_route *r = CONF_PUSH(s->routes, s->nroutes);
+    r->prefix = conf_xstrdup(prefix);
+    r->prefix_len = strlen(prefix);
+    r->pos = n->pos;
+    apply_defaults(b, CTX_ROUTE, r);
+    apply_block(b, CTX_ROUTE, n, r);
+    if (!has_kid(n, "upstream"))
+        conf_report(b->ld, &n->pos, "route \"%s\" has no upstream", prefix);
+}
+
+static void print_routes(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_server *s = obj;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        fprintf(out, "\n%*s%s ", indent * 4, "", d->name);
+        print_word(out, s->routes[i].prefix);
+        fputs(" {\n", out);
+        print_block(out, indent + 1, CTX_ROUTE, &s->routes[i]);
+        fprintf(out, "%*s}\n", indent * 4, "");
+    }
+}
+
+static int cmp_upstream_name(const void *a, const void *b)
+{
+    const struct conf_upstream *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+static struct conf_upstream *find_upstream(struct build *b, const char *name)
+{
+    struct conf *conf = b->conf;
+    if (conf->nupstreams == 0)
+        return NULL;
+    /* upstream rows are early: conf->upstreams is complete by the first route */
+    if (b->by_name == NULL) {
+        b->by_name = conf_xcalloc(conf->nupstreams, sizeof(*b->by_name));
+        for (size_t i = 0; i < conf->nupstreams; i++)
+            b->by_name[i] = &conf->upstreams[i];
+        qsort(b->by_name, conf->nupstreams, sizeof(*b->by_name), cmp_upstream_name);
+    }
+    struct conf_upstream key = {.name = (char *)name}, *kp = &key;
+    struct conf_upstream **hit =
+        bsearch(&kp, b->by_name, conf->nupstreams, sizeof(*b->by_name), cmp_upstream_name);
+    return hit ? *hit : NULL;
+}
+
+static void parse_route_upstream(struct build *b, const struct conf_node *n, const struct directive *d,
+                                 void *obj)
+{
+    struct conf_route *r = obj;
+    r->upstream = find_upstream(b, n->argv[1]);
+    if (r->upstream == NULL)
+        conf_report(b->ld, &n->pos, "unknown upstream \"%s\"", n->argv[1]);
+}
+
+static void print_route_upstream(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->upstream->name);
+}
+
+/* set_* NAME VALUE or remove_* NAME */
+static void header_op(struct build *b, const struct conf_node *n, struct conf_header_op **ops, size_t *nops)
+{
+    const char *name = n->argv[1], *value = n->argc == 3 ? n->argv[2] : NULL;
+    if (!is_token(name)) {
+        conf_report(b->ld, &n->pos, "%s: invalid header name \"%s\"", n->argv[0], name);
+        return;
+    }
+    if (value != NULL && !is_field_value(value)) {
+        conf_report(b->ld, &n->pos, "%s: the value of %s has a control character (CR, LF...)", n->argv[0],
+                    name);
+        return;
+    }
+    struct conf_header_op *op = CONF_PUSH(*ops, *nops);
+    op->name = conf_xstrdup(name);
+    op->value = value ? conf_xstrdup(value) : NULL;
+}
+
+static void parse_request_header(struct build *b, const struct conf_node *n, const struct directive *d,
+                                 void *obj)
+{
+    struct conf_route *r = obj;
+    header_op(b, n, &r->req_ops, &r->nreq_ops);
+}
+
+static void parse_response_header(struct build *b, const struct conf_node *n, const struct directive *d,
+                                  void *obj)
+{
+    struct conf_route *r = obj;
+    header_op(b, n, &r->resp_ops, &r->nresp_ops);
+}
+
+static void print_header_ops(FILE *out, int indent, const char *what, const struct conf_header_op *ops,
+                             size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        fprintf(out, "%*s%s_%s ", indent * 4, "", ops[i].value ? "set" : "remove", what);
+        print_word(out, ops[i].name);
+        if (ops[i].value != NULL) {
+            fputc(' ', out);
+            print_word(out, ops[i].value);
+        }
+        fputs(";\n", out);
+    }
+}
+
+static void print_request_headers(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    print_header_ops(out, indent, "header", r->req_ops, r->nreq_ops);
+}
+
+static void print_response_headers(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    print_header_ops(out, indent, "response_header", r->resp_ops, r->nresp_ops);
+}
+
+/* --- the table --- */
+
+#define DIR_VALUE(name_, ctx_, parse_, print_, kind_, type, member, lo_, hi_, def_)                          \
+    {                                                                                                        \
+        .name = name_, .ctx = ctx_, .min_args = 1, .max_args = 1, .parse = parse_, .print = print_,          \
+        .offset = offsetof(type, member), .lo = lo_, .hi = hi_, .kind = kind_, .def = def_                   \
+    }
+#define DIR_DURATION(name, ctx, type, member, lo, hi, def)                                                   \
+    DIR_VALUE(name, ctx, parse_u64, print_u64, &durations, type, member, lo, hi, def)
+#define DIR_SIZE(name, ctx, type, member, lo, hi, def)                                                       \
+    DIR_VALUE(name, ctx, parse_u64, print_u64, &sizes, type, member, lo, hi, def)
+#define DIR_NUMBER(name, ctx, type, member, lo, hi, def)                                                     \
+    DIR_VALUE(name, ctx, parse_unsigned, print_unsigned, &numbers, type, member, lo, hi, def)
+#define DIR_FLAG(name, ctx, type, member, def)                                                               \
+    DIR_VALUE(name, ctx, parse_flag, print_flag, NULL, type, member, 0, 1, def)
+#define DIR_ENUM(name_, ctx_, type, member, words_, def_)                                                    \
+    {                                                                                                        \
+        .name = name_, .ctx = ctx_, .min_args = 1, .max_args = 1, .parse = parse_enum, .print = print_enum,  \
+        .offset = offsetof(type, member), .words = words_, .def = def_                                       \
+    }
+
+enum { ONCE = 0, MULTI = 1 << 0, EARLY = 1 << 1 };
+
+/* A row whose parser finds its own target field. */
+#define DIR_CUSTOM(name_, ctx_, block_, min_, max_, flags_, parse_, print_, def_)                            \
+    {                                                                                                        \
+        .name = name_, .ctx = ctx_, .block = block_, .min_args = min_, .max_args = max_,                     \
+        .is_multi = ((flags_)&MULTI) != 0, .is_early = ((flags_)&EARLY) != 0, .parse = parse_,               \
+        .print = print_, .def = def_                                                                         \
+    }
+
+/* Printing follows this order. */
+static const struct directive directives[] = {
+    DIR_VALUE("workers", CTX_MAIN, parse_workers, print_unsigned, &numbers, struct conf, workers, 1, 128,
+              "auto"),
+    DIR_CUSTOM("error_log", CTX_MAIN, CONF_NO_BLOCK, 2, 2, ONCE, parse_error_log, print_error_log,
+               "stderr info"),
+    DIR_DURATION("shutdown_timeout", CTX_MAIN, struct conf, shutdown_timeout_ms, 0, MS_DAY, "30s"),
+    DIR_NUMBER("max_connections", CTX_MAIN, struct conf, max_connections, 1, 10000000, "100000"),
+    DIR_CUSTOM("admin", CTX_MAIN, CONF_BLOCK_OPTIONAL, 0, 1, ONCE, parse_admin, print_admin, "on"),
+    DIR_CUSTOM("upstream", CTX_MAIN, CONF_BLOCK, 1, 1, MULTI | EARLY, parse_upstream, print_upstreams, NULL),
+    DIR_CUSTOM("server", CTX_MAIN, CONF_BLOCK, 0, 0, MULTI, parse_server, print_servers, NULL),
+
+    DIR_CUSTOM("listen", CTX_ADMIN, CONF_NO_BLOCK, 1, 1, ONCE, parse_admin_listen, print_admin_listen,
+               "127.0.0.1:9901"),
+    DIR_CUSTOM("token", CTX_ADMIN, CONF_NO_BLOCK, 1, 1, ONCE, parse_admin_token, print_admin_token, NULL),
+
+    DIR_CUSTOM("server", CTX_UPSTREAM, CONF_NO_BLOCK, 1, 4, MULTI, parse_upstream_server,
+               print_upstream_servers, NULL),
+    DIR_ENUM("balance", CTX_UPSTREAM, struct conf_upstream, balance, balances, "round_robin"),
+    DIR_NUMBER("keepalive", CTX_UPSTREAM, struct conf_upstream, keepalive, 0, 10000, "64"),
+    DIR_DURATION("keepalive_timeout", CTX_UPSTREAM, struct conf_upstream, keepalive_timeout_ms, 1, MS_DAY,
+                 "60s"),
+    DIR_DURATION("connect_timeout", CTX_UPSTREAM, struct conf_upstream, connect_timeout_ms, 1, MS_DAY, "5s"),
+    DIR_DURATION("header_timeout", CTX_UPSTREAM, struct conf_upstream, header_timeout_ms, 1, MS_DAY, "60s"),
+    DIR_DURATION("idle_timeout", CTX_UPSTREAM, struct conf_upstream, idle_timeout_ms, 1, MS_DAY, "60s"),
+
+    DIR_CUSTOM("listen", CTX_SERVER, CONF_NO_BLOCK, 1, 4, MULTI, parse_listen, print_listens, NULL),
+    DIR_CUSTOM("server_name", CTX_SERVER, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, MULTI, parse_server_name,
+               print_server_names, NULL),
+    DIR_CUSTOM("process_time_header", CTX_SERVER, CONF_NO_BLOCK, 1, 1, ONCE, parse_process_time_header,
+               print_process_time_header, "X-Process-Time"),
+    DIR_DURATION("client_header_timeout", CTX_SERVER, struct conf_server, client_header_timeout_ms, 1, MS_DAY,
+                 "10s"),
+    DIR_DURATION("client_body_timeout", CTX_SERVER, struct conf_server, client_body_timeout_ms, 1, MS_DAY,
+                 "30s"),
+    DIR_DURATION("keepalive_timeout", CTX_SERVER, struct conf_server, keepalive_timeout_ms, 0, MS_DAY, "75s"),
+    DIR_DURATION("send_timeout", CTX_SERVER, struct conf_server, send_timeout_ms, 1, MS_DAY, "60s"),
+    DIR_SIZE("max_header_size", CTX_SERVER, struct conf_server, max_header_size, KIB, MIB, "16k"),
+    DIR_NUMBER("max_headers", CTX_SERVER, struct conf_server, max_headers, 1, 10000, "100"),
+    DIR_SIZE("max_uri_size", CTX_SERVER, struct conf_server, max_uri_size, 256, MIB, "8k"),
+    DIR_SIZE("max_body_size", CTX_SERVER, struct conf_server, max_body_size, 0, UINT64_MAX, "10m"),
+    DIR_FLAG("via", CTX_SERVER, struct conf_server, via, "on"),
+    DIR_CUSTOM("route", CTX_SERVER, CONF_BLOCK, 1, 1, MULTI, parse_route, print_routes, NULL),
+
+    DIR_CUSTOM("upstream", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_upstream, print_route_upstream,
+               NULL),
+    DIR_CUSTOM("set_header", CTX_ROUTE, CONF_NO_BLOCK, 2, 2, MULTI, parse_request_header,
+               print_request_headers, NULL),
+    DIR_CUSTOM("remove_header", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, MULTI, parse_request_header, NULL, NULL),
+    DIR_CUSTOM("set_response_header", CTX_ROUTE, CONF_NO_BLOCK, 2, 2, MULTI, parse_response_header,
+               print_response_headers, NULL),
+    DIR_CUSTOM("remove_response_header", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, MULTI, parse_response_header, NULL,
+               NULL),
+    DIR_DURATION("websocket_idle_timeout", CTX_ROUTE, struct conf_route, websocket_idle_timeout_ms, 1,
+                 7 * MS_DAY, "300s"),
+};
+
+static const struct directive *directive_lookup(const char *name, unsigned ctx)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(directives); i++)
+        if ((directives[i].ctx & ctx) && strcmp(directives[i].name, name) == 0)
+            return &directives[i];
+    return NULL;
+}
+
+static void report_misplaced(struct build *b, const struct conf_node *n)
+{
+    const char *name = n->argv[0];
+    for (size_t i = 0; future_directives[i] != NULL; i++) {
+        if (strcmp(future_directives[i], name) == 0) {
+            conf_report(b->ld, &n->pos, "directive \"%s\" is not supported yet", name);
+            return;
+        }
+    }
+    if (directive_lookup(name, ~0u) != NULL)
+        conf_report(b->ld, &n->pos, "directive \"%s\" is not allowed here", name);
+    else
+        conf_report(b->ld, &n->pos, "unknown directive \"%s\"", name);
+}
+
+static void apply_defaults(struct build *b, unsigned ctx, void *obj)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(directives); i++) {
+        const struct directive *d = &directives[i];
+        if (!(d->ctx & ctx) || d->def == NULL)
+            continue;
+        char text[64], *argv[4] = {(char *)d->name};
+        struct conf_node n = {.argv = argv, .argc = 1, .pos = {CONF_DEFAULT_FILE, 0}};
+        snprintf(text, sizeof(text), "%s", d->def);
+        char *save = NULL;
+        for (char *w = strtok_r(text, " ", &save); w != NULL && n.argc < ARRAY_SIZE(argv);
+             w = strtok_r(NULL, " ", &save))
+            argv[n.argc++] = w;
+        d->parse(b, &n, d, obj);
+    }
+}
+
+/* Applies the rows of ctx to the directives of block: early rows first, then
+ * the others in file order. */
+static void apply_block(struct build *b, unsigned ctx, const struct conf_node *block, void *obj)
+{
+    const struct conf_node *seen[ARRAY_SIZE(directives)] = {0};
+    for (int sweep = 0; sweep < 2; sweep++) {
+        for (size_t i = 0; i < block->nkids; i++) {
+            const struct conf_node *n = &block->kids[i];
+            if (n->is_bad)
+                continue;
+            const struct directive *d = directive_lookup(n->argv[0], ctx);
+            if ((d != NULL && d->is_early) != (sweep == 0))
+                continue;
+            if (d == NULL) {
+                report_misplaced(b, n);
+                continue;
+            }
+            if (!conf_check_shape(b->ld, n, d->block, d->min_args, d->max_args))
+                continue;
+            const struct conf_node **first = &seen[d - directives];
+            if (!d->is_multi && *first != NULL) {
+                conf_report(b->ld, &n->pos, "directive \"%s\" is repeated (first at %s:%d)", n->argv[0],
+                            (*first)->pos.file, (*first)->pos.line);
+                continue;
+            }
+            *first = n;
+            d->parse(b, n, d, obj);
+        }
+    }
+}
+
+static void print_block(FILE *out, int indent, unsigned ctx, const void *obj)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(directives); i++)
+        if ((directives[i].ctx & ctx) && directives[i].print != NULL)
+            directives[i].print(out, indent, &directives[i], obj);
+}
+
+/* --- whole-configuration checks --- */
+
+/* One listen address of a server with one of its names ("" if it has none). */
+struct addr_use {
+    const char *addr;
+    const char *name;
+    size_t server;
+    const struct conf_listen *l;
+    bool is_first_name;
+};
+
+static int cmp_addr_use(const void *a, const void *b)
+{
+    const struct addr_use *x = a, *y = b;
+    int c = strcmp(x->addr, y->addr);
+    if (c == 0)
+        c = strcmp(x->name, y->name);
+    return c ? c : (x->server > y->server) - (x->server < y->server);
+}
+
+/* Servers may share an address as virtual hosts: then no two of them may
+ * claim the same name (or both have none, which would be the same catch-all
+ * twice), and all must agree on tls. */
+static void check_listens(struct build *b)
+{
+    struct conf *conf = b->conf;
+    size_t n = 0;
+    for (size_t i = 0; i < conf->nservers; i++) {
+        const struct conf_server *s = &conf->servers[i];
+        size_t names = s->nnames ? s->nnames : 1;
+        if (s->nlistens > (MAX_ADDR_USES - n) / names) {
+            conf_report(b->ld, &s->pos, "too many listen and server_name combinations to check (over %d)",
+                        MAX_ADDR_USES);
+            return;
+        }
+        n += s->nlistens * names;
+    }
+    struct addr_use *v = conf_xcalloc(n, sizeof(*v)), *e = v;
+    for (size_t i = 0; i < conf->nservers; i++) {
+        const struct conf_server *s = &conf->servers[i];
+        for (size_t j = 0; j < s->nlistens; j++)
+            for (size_t k = 0; k < (s->nnames ? s->nnames : 1); k++)
+                *e++ = (struct addr_use){s->listens[j].text, s->nnames ? s->names[k] : "", i, &s->listens[j],
+                                         k == 0};
+    }
+    qsort(v, n, sizeof(*v), cmp_addr_use);
+    for (size_t i = 0, g = 0, r = 0; i < n; i++) {
+        if (i == 0 || strcmp(v[i].addr, v[g].addr) != 0) {
+            g = r = i;
+            continue;
+        }
+        const struct conf_pos *was = &v[g].l->pos;
+        if (v[i].is_first_name && v[i].server != v[g].server && v[i].l->tls != v[g].l->tls)
+            conf_report(b->ld, &v[i].l->pos, "listen %s is %s here but %s at %s:%d", v[i].addr,
+                        v[i].l->tls ? "tls" : "plain", v[g].l->tls ? "tls" : "plain", was->file, was->line);
+        if (strcmp(v[i].name, v[r].name) != 0) {
+            r = i;
+            continue;
+        }
+        was = &v[r].l->pos;
+        if (v[i].server == v[r].server)
+            continue;
+        if (v[i].name[0] == '\0')
+            conf_report(b->ld, &v[i].l->pos,
+                        "listen %s is used by two servers without server_name (the other at %s:%d)",
+                        v[i].addr, was->file, was->line);
+        else
+            conf_report(b->ld, &v[i].l->pos,
+                        "server_name \"%s\" on %s is already used by the server at %s:%d", v[i].name,
+                        v[i].addr, was->file, was->line);
+    }
+    free(v);
+    if (!conf->admin_enabled)
+        return;
+    for (size_t i = 0; i < conf->nservers; i++)
+        for (size_t j = 0; j < conf->servers[i].nlistens; j++)
+            if (strcmp(conf->servers[i].listens[j].text, conf->admin_listen.text) == 0)
+                conf_report(b->ld, &conf->servers[i].listens[j].pos,
+                            "listen %s is also the admin listen address", conf->admin_listen.text);
+}
+
+static void check_conf(struct build *b, const struct conf_node *root)
+{
+    bool has_server = false;
+    for (size_t i = 0; i < root->nkids; i++)
+        has_server |= root->kids[i].has_block && strcmp(root->kids[i].argv[0], "server") == 0;
+    if (!has_server)
+        conf_report(b->ld, &(struct conf_pos){b->ld->files[0], 0}, "no server block");
+    REPORT_REPEATS(b, "upstream", b->conf->upstreams, b->conf->nupstreams, name);
+    check_listens(b);
+}
+
+/* --- the snapshot --- */
+
+static void listen_dispose(struct conf_listen *l)
+{
+    free(l->text);
+    free(l->tls_cert);
+    free(l->tls_key);
+}
+
+static void header_ops_free(struct conf_header_op *ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(ops[i].name);
+        free(ops[i].value);
+    }
+    free(ops);
+}
+
+static void server_dispose(struct conf_server *s)
+{
+    for (size_t i = 0; i < s->nlistens; i++)
+        listen_dispose(&s->listens[i]);
+    free(s->listens);
+    for (size_t i = 0; i < s->nnames; i++)
+        free(s->names[i]);
+    free(s->names);
+    free(s->process_time_header);
+    for (size_t i = 0; i < s->nroutes; i++) {
+        free(s->routes[i].prefix);
+        header_ops_free(s->routes[i].req_ops, s->routes[i].nreq_ops);
+        header_ops_free(s->routes[i].resp_ops, s->routes[i].nresp_ops);
+    }
+    free(s->routes);
+}
+
+static void conf_free(struct conf *conf)
+{
+    if (conf == NULL)
+        return;
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        struct conf_upstream *u = &conf->upstreams[i];
+        for (size_t j = 0; j < u->nservers; j++) {
+            free(u->servers[j].host);
+            free(u->servers[j].name);
+        }
+        free(u->servers);
+        free(u->name);
+    }
+    free(conf->upstreams);
+    for (size_t i = 0; i < conf->nservers; i++)
+        server_dispose(&conf->servers[i]);
+    free(conf->servers);
+    listen_dispose(&conf->admin_listen);
+    free(conf->admin_token);
+    free(conf->path);
+    for (size_t i = 0; i < conf->_nfiles; i++)
+        free(conf->_files[i]);
+    free(conf->_files);
+    free(conf);
+}
+
+/* Pass 2 over the tree pass 1 made from path; frees the loader's state. */
+static struct conf *build_conf(struct conf_loader *ld, struct conf_node *root, const char *path)
+{
+    struct conf *conf = NULL;
+    /* no top-level file, or a tree cut short by a bound: pass 2 would only add noise */
+    if (ld->nfiles > 0 && !ld->is_stopped) {
+        conf = conf_xcalloc(1, sizeof(*conf));
+        atomic_init(&conf->refs, 1);
+        conf->path = conf_xstrdup(path);
+        struct build b = {.ld = ld, .conf = conf};
+        apply_defaults(&b, CTX_MAIN, conf);
+        apply_defaults(&b, CTX_ADMIN, conf);
+        apply_block(&b, CTX_MAIN, root, conf);
+        check_conf(&b, root);
+        free(b.by_name);
+        conf->_files = ld->files;
+        conf->_nfiles = ld->nfiles;
+        ld->files = NULL;
+        ld->nfiles = 0;
+    }
+    if (ld->err != NULL && ld->nerrors > CONF_MAX_SHOWN_ERRORS)
+        fprintf(ld->err, "%s: %u more errors not shown\n", path, ld->nerrors - CONF_MAX_SHOWN_ERRORS);
+    for (size_t i = 0; i < ld->nfiles; i++)
+        free(ld->files[i]);
+    free(ld->files);
+    strbuf_dispose(&ld->word);
+    conf_node_dispose(root);
+    if (ld->nerrors > 0) {
+        conf_free(conf);
+        return NULL;
+    }
+    return conf;
+}
+
+struct conf *conf_load_file(const char *path, FILE *err)
+{
+    struct conf_loader ld = {.err = err};
+    struct conf_node root = {0};
+    strbuf_init(&ld.word);
+    conf_parse_file(&ld, path, &root);
+    return build_conf(&ld, &root, path);
+}
+
+struct conf *conf_load_string(const char *text, const char *name, FILE *err)
+{
+    struct conf_loader ld = {.err = err};
+    struct conf_node root = {0};
+    strbuf_init(&ld.word);
+    conf_parse_string(&ld, text, name, &root);
+    return build_conf(&ld, &root, name);
+}
+
+void conf_print(const struct conf *conf, FILE *out)
+{
+    fprintf(out, "# effective configuration\n");
+    print_block(out, 0, CTX_MAIN, conf);
+}
+
+struct conf *conf_ref(struct conf *conf)
+{
+    atomic_fetch_add_explicit(&conf->refs, 1, memory_order_relaxed);
+    return conf;
+}
+
+void conf_unref(struct conf *conf)
+{
+    if (conf != NULL && atomic_fetch_sub_explicit(&conf->refs, 1, memory_order_acq_rel) == 1)
+        conf_free(conf);
+}

@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * conf: the sluice configuration language (see README "Configuration").
+ *
+ * Design: a lexer that keeps file:line on every token, a first pass that
+ * builds a tree of directives and blocks, and a second pass that applies a
+ * table of directive rows (name, context, arity, parser, bounds, target) and
+ * then checks cross references (unknown upstream names, duplicate routes...).
+ * Every problem is reported as "file:line: message" and loading goes on, so
+ * one run lists every error.  The result is an immutable, refcounted snapshot:
+ * workers pin the snapshot a request started with, SIGHUP publishes a new one.
+ *
+ * Threading: conf_load* run on the main thread only.  A published snapshot is
+ * read-only, so any thread may read it; conf_ref/conf_unref are atomic.
+ */
+#ifndef SLUICE_CONF_H
+#define SLUICE_CONF_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+enum conf_log_level { CONF_LOG_ERROR = 0, CONF_LOG_WARN, CONF_LOG_INFO, CONF_LOG_DEBUG };
+
+enum conf_balance { CONF_BALANCE_ROUND_ROBIN = 0, CONF_BALANCE_LEAST_CONN, CONF_BALANCE_P2C };
+
+/* A source position, for runtime messages that point back at the conf. */
+struct conf_pos {
+    const char *file; /* owned by the snapshot; "(default)" for a built-in default */
+    int line;
+};
+
+/* "set_header NAME VALUE" (value != NULL) or "remove_header NAME" (value == NULL).
+ * ${ENV} is already substituted in value. */
+struct conf_header_op {
+    char *name;
+    char *value;
+};
+
+struct conf_listen {
+    struct sockaddr_storage addr; /* numeric address, port set */
+    socklen_t addrlen;
+    char *text; /* "127.0.0.1:8080" as normalised text */
+    bool tls;
+    char *tls_cert; /* tls cert=FILE key=FILE (issue 7; parsed, not yet served) */
+    char *tls_key;
+    struct conf_pos pos;
+};
+
+struct conf_upstream_server {
+    char *host; /* as written: a name or a numeric address (IPv6 without its brackets) */
+    uint16_t port;
+    char *name; /* "host:port", the key in stats */
+    unsigned weight; /* default 1 */
+    bool backup;
+    bool tls;
+    struct conf_pos pos;
+};
+
+struct conf_upstream {
+    char *name;
+    struct conf_upstream_server *servers;
+    size_t nservers;
+    enum conf_balance balance;      /* default round_robin until issue 4 */
+    unsigned keepalive;             /* idle connections kept per server per worker, default 64; 0 = none */
+    uint64_t keepalive_timeout_ms;  /* idle pooled connection lifetime, default 60s */
+    uint64_t connect_timeout_ms;    /* default 5s */
+    uint64_t header_timeout_ms;     /* request sent -> response head complete, default 60s */
+    uint64_t idle_timeout_ms;       /* max silence while a response body streams, default 60s */
+    struct conf_pos pos;
+};
+
+struct conf_route {
+    char *prefix; /* "/v1/chat/completions" */
+    size_t prefix_len;
+    struct conf_upstream *upstream; /* resolved reference into conf->upstreams */
+    struct conf_header_op *req_ops; /* set_header / remove_header, in conf order */
+    size_t nreq_ops;
+    struct conf_header_op *resp_ops; /* set_response_header / remove_response_header */
+    size_t nresp_ops;
+    uint64_t websocket_idle_timeout_ms; /* idle timeout of an upgraded tunnel, default 300s */
+    void *runtime; /* left NULL by conf; the proxy hangs its per-route state here */
+    struct conf_pos pos;
+};
+
+struct conf_server {
+    struct conf_listen *listens;
+    size_t nlistens;
+    char **names; /* server_name values, lowercased; none = matches any host */
+    size_t nnames;
+    char *process_time_header;      /* default "X-Process-Time"; NULL when "off" */
+    uint64_t client_header_timeout_ms; /* first byte -> headers complete, default 10s */
+    uint64_t client_body_timeout_ms;   /* max silence while reading a request body, default 30s */
+    uint64_t keepalive_timeout_ms;     /* idle client connection between requests, default 75s */
+    uint64_t send_timeout_ms;          /* max time a write to the client may stall, default 60s */
+    uint64_t max_header_size;          /* request line + headers, default 16k -> 431 / 414 */
+    unsigned max_headers;              /* default 100 -> 431 */
+    uint64_t max_uri_size;             /* default 8k -> 414 */
+    uint64_t max_body_size;            /* default 10m -> 413; 0 = unlimited */
+    bool via;                          /* add Via both ways, default on */
+    struct conf_route *routes;         /* sorted by prefix length, longest first */
+    size_t nroutes;
+    struct conf_pos pos;
+};
+
+struct conf {
+    atomic_uint refs;
+    unsigned generation; /* set by the caller that publishes it */
+    char *path;          /* file it came from, "(embedded)" for the built-in default */
+
+    unsigned workers;  /* "auto" is resolved to the number of CPUs at load */
+    enum conf_log_level log_level; /* error_log stderr LEVEL; default info */
+
+    bool admin_enabled;         /* an admin block, or the default 127.0.0.1:9901 */
+    struct conf_listen admin_listen;
+    char *admin_token;          /* NULL = no token required */
+
+    uint64_t shutdown_timeout_ms; /* drain deadline on SIGTERM, default 30s */
+    unsigned max_connections;     /* per process, default 100000 */
+
+    struct conf_upstream *upstreams;
+    size_t nupstreams;
+    struct conf_server *servers;
+    size_t nservers;
+
+    char **_files; /* private: every file read; conf_pos.file points into these */
+    size_t _nfiles;
+};
+
+/* Loads and checks a conf file.  Every error is printed to err as
+ * "file:line: message\n" (several per run; "file: message" for a problem
+ * with a whole file); returns NULL if there was any.  err may be NULL to
+ * only count them.  The returned snapshot has refs == 1. */
+struct conf *conf_load_file(const char *path, FILE *err);
+
+/* The same from memory; name is what error messages print as the file. */
+struct conf *conf_load_string(const char *text, const char *name, FILE *err);
+
+/* Prints the effective configuration (every default filled in) in conf syntax,
+ * so that the output loads again to the same snapshot. */
+void conf_print(const struct conf *conf, FILE *out);
+
+struct conf *conf_ref(struct conf *conf);
+void conf_unref(struct conf *conf); /* frees on the last unref */
+
+/* The conf `sluice` runs with when no -c is given: the bundled demo origin on
+ * 127.0.0.1:8081 behind a listener on 127.0.0.1:8080. */
+extern const char conf_embedded_default[];
+
+#endif

@@ -1,0 +1,1423 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The HTTP/1.1 server side of a client connection and the life of a request
+ * through it: parse (llhttp, strict), route, forward to an upstream
+ * connection, stream the response back.
+ *
+ * One request at a time per connection: the parser pauses when a request's
+ * head is complete (so nothing of its body is read before there is somewhere
+ * to send it) and again when the request is complete (so pipelined requests
+ * wait, unparsed, and their answers go out in order).  Bytes received but
+ * not parsed yet stay in `pend`, a reference to their read block.
+ *
+ * Bodies move by reference: a slice of a read block is queued on the other
+ * side's outq, one writev per read.  Backpressure: when the receiving side's
+ * kernel-refused backlog passes OUT_HIGH_WATER the sending side stops
+ * reading; it starts again when the backlog drops under OUT_LOW_WATER.
+ *
+ * Every state change happens outside llhttp callbacks: callbacks record and
+ * pause, the code after llhttp_execute acts.  That keeps frees and re-entry
+ * out of the parser.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "common/outq.h"
+#include "common/strbuf.h"
+#include "proxy/headers.h"
+#include "proxy/proxy.h"
+
+#define OUT_HIGH_WATER (256 * 1024)
+#define OUT_LOW_WATER (64 * 1024)
+#define LINGER_MS 2000
+/* An upstream head is bounded like a client's, with room to rewrite it. */
+#define HEAD_STORE_MAX (BUF_SIZE - 4096)
+#define UPSTREAM_MAX_HEADERS 256
+
+enum conn_state {
+    CS_IDLE,    /* between requests */
+    CS_HEAD,    /* reading a request head */
+    CS_WAIT,    /* head complete, connecting upstream */
+    CS_FORWARD, /* request sent or streaming; response awaited or streaming */
+    CS_LOCAL,   /* a response made here is being written */
+    CS_TUNNEL,  /* after a 101: raw bytes both ways */
+    CS_LINGER,  /* closing: write side shut, draining what the client still sends */
+};
+
+enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL };
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown_req;
+    int open_handles;
+    struct worker *w;
+    struct listener *l;
+    struct list link;
+    llhttp_t parser;
+    struct outq out;
+    enum conn_state state;
+    enum timer_kind timer_kind;
+    char peer[64];
+
+    /* received, not parsed yet */
+    struct buf *pend;
+    size_t pend_off, pend_len;
+    struct buf *parsing; /* the block llhttp is reading now */
+
+    bool is_reading;
+    bool is_closing;
+    bool want_close;     /* close once the current response is written */
+    bool client_eof;
+    bool read_paused_bp; /* reading stopped by backpressure from the upstream side */
+    bool in_parse;
+    bool is_dispatched; /* the current request was routed */
+
+    /* the generation of the current (or last) request: pinned while the
+     * connection lives, refreshed when a request begins */
+    struct proxy_gen *gen;
+
+    /* current request */
+    const struct conf_server *srv;
+    const struct conf_route *route;
+    struct route_rt *rt;
+    struct stats_counters *rstats;
+    uint64_t t_start;
+    struct head rq;
+    int err_status; /* a limit hit in a parser callback */
+    const char *err_reason;
+    unsigned method;
+    unsigned char http_major, http_minor;
+    bool rq_keepalive, rq_has_body, rq_chunked, rq_expect, rq_upgrade, rq_body_done, rq_trailers;
+    uint64_t rq_body_bytes, bytes_in;
+    char host[256];
+
+    /* upstream exchange */
+    struct upstream_target *target;
+    struct upstream_conn *uc;
+    llhttp_t rparser;
+    struct head rs;
+    struct buf *up_parsing;
+    unsigned status;
+    bool rs_started, rs_head_sent, rs_done, rs_interim, rs_upgrade, rs_trailers;
+    bool rs_chunk_out;  /* client gets chunked encoding */
+    bool rs_rechunk;    /* upstream body is close-delimited: each read becomes a chunk */
+    bool up_read_paused_bp;
+    bool up_reused, retried;
+    uint64_t t_sent;
+    uint64_t bytes_out_start;
+};
+
+static const llhttp_settings_t request_settings;
+static const llhttp_settings_t response_settings;
+
+static void conn_read_start(struct conn *c);
+static void conn_read_stop(struct conn *c);
+static void conn_close(struct conn *c);
+static void conn_abort(struct conn *c, enum stats_error why);
+static void parse_pending(struct conn *c);
+static void req_done(struct conn *c);
+static void up_detach(struct conn *c, bool reusable);
+static void up_read_start(struct conn *c);
+
+/* ---- timers ---- */
+
+static void on_conn_timer(uv_timer_t *t);
+
+static void timer_set(struct conn *c, enum timer_kind kind, uint64_t ms)
+{
+    c->timer_kind = kind;
+    if (kind == TK_NONE || ms == 0) {
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+}
+
+/* ---- local responses ---- */
+
+static const char *reason_phrase(unsigned status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+static const char *process_time_name(const struct conn *c)
+{
+    return c->srv != NULL ? c->srv->process_time_header : "X-Process-Time";
+}
+
+static int process_time_line(const struct conn *c, char *dst, size_t cap)
+{
+    const char *name = process_time_name(c);
+    if (name == NULL || c->t_start == 0)
+        return 0;
+    double ms = (double)(uv_hrtime() - c->t_start) / 1e6;
+    return snprintf(dst, cap, "%s: %.3fms\r\n", name, ms);
+}
+
+static void count_status(struct conn *c, unsigned status)
+{
+    c->status = status;
+    if (c->rstats != NULL)
+        STATS_INC(c->rstats->status[status / 100 <= 5 ? status / 100 : 0]);
+    else
+        STATS_INC(c->w->proc->status[status / 100 <= 5 ? status / 100 : 0]);
+}
+
+static bool client_is_http11(const struct conn *c)
+{
+    return c->http_major == 1 && c->http_minor >= 1;
+}
+
+/* Writes a complete response made here.  The connection closes after it when
+ * asked, or when the request's body was not read (it cannot be skipped). */
+static void respond_local(struct conn *c, unsigned status, const char *ctype, const char *body, size_t len,
+                          bool close)
+{
+    if (!c->rq_body_done && c->rq_has_body)
+        close = true;
+    if (!c->rq_keepalive || c->w->is_draining || c->client_eof)
+        close = true;
+    c->want_close |= close;
+    char head[1024];
+    int n = snprintf(head, sizeof(head), "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
+                     reason_phrase(status), ctype, len);
+    n += process_time_line(c, head + n, sizeof(head) - n);
+    n += snprintf(head + n, sizeof(head) - n, "%s\r\n",
+                  c->want_close ? "Connection: close\r\n"
+                  : (!client_is_http11(c) ? "Connection: keep-alive\r\n" : ""));
+    outq_add_copy(&c->out, head, (size_t)n);
+    if (c->method != HTTP_HEAD)
+        outq_add_copy(&c->out, body, len);
+    count_status(c, status);
+    c->state = CS_LOCAL;
+    c->rs_head_sent = true;
+    c->rs_done = true;
+    if (outq_flush(&c->out) != 0) {
+        conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        return;
+    }
+    req_done(c);
+}
+
+static void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
+{
+    char body[512];
+    int n = snprintf(body, sizeof(body), "%u %s: ", status, reason_phrase(status));
+    va_list ap;
+    va_start(ap, fmt);
+    n += vsnprintf(body + n, sizeof(body) - n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(body) - 2)
+        n = sizeof(body) - 2;
+    body[n++] = '\n';
+    respond_local(c, status, "text/plain", body, (size_t)n, status == 400 || (status >= 413 && status < 500));
+}
+
+/* ---- closing ---- */
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    struct worker *w = c->w;
+    outq_dispose(&c->out);
+    head_dispose(&c->rq);
+    head_dispose(&c->rs);
+    free(c);
+    w->nconns--;
+    atomic_fetch_sub_explicit(&proxy_info.connections, 1, memory_order_relaxed);
+    STATS_ADD(w->proc->active, -1);
+    worker_maybe_stop(w);
+}
+
+static void req_release(struct conn *c)
+{
+    if (c->rstats != NULL) {
+        STATS_ADD(c->rstats->active, -1);
+        c->rstats = NULL;
+    }
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->is_closing)
+        return;
+    c->is_closing = true;
+    if (c->uc != NULL)
+        up_detach(c, false);
+    if (c->pend != NULL) {
+        buf_unref(c->pend);
+        c->pend = NULL;
+    }
+    req_release(c);
+    proxy_gen_unref(c->gen);
+    list_remove(&c->link);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+}
+
+/* A broken exchange: the client must not take what it got for a complete
+ * response, so the connection closes at once. */
+static void conn_abort(struct conn *c, enum stats_error why)
+{
+    if (c->rstats != NULL)
+        STATS_INC(c->rstats->errors[why]);
+    else
+        STATS_INC(c->w->proc->errors[why]);
+    if (c->rs_head_sent && !c->rs_done && c->status == 0)
+        count_status(c, 0);
+    conn_close(c);
+}
+
+static void linger_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    static _Thread_local char sink[4096];
+    *b = uv_buf_init(sink, sizeof(sink));
+}
+
+static void linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    if (nread < 0)
+        conn_close(s->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    if (c->is_closing)
+        return;
+    if (status != 0 || c->client_eof) {
+        conn_close(c);
+        return;
+    }
+    /* Closing a socket with unread input makes the kernel send a reset, which
+     * can destroy the response before the client reads it: read and drop what
+     * the client still sends, for a short while. */
+    c->state = CS_LINGER;
+    timer_set(c, TK_LINGER, LINGER_MS);
+    if (uv_read_start((uv_stream_t *)&c->tcp, linger_alloc, linger_read) != 0)
+        conn_close(c);
+}
+
+/* Closes after everything queued has been written. */
+static void conn_close_gracefully(struct conn *c)
+{
+    if (c->is_closing || c->state == CS_LINGER)
+        return;
+    c->state = CS_LINGER;
+    conn_read_stop(c);
+    if (c->pend != NULL) {
+        buf_unref(c->pend);
+        c->pend = NULL;
+    }
+    timer_set(c, TK_LINGER, c->srv ? c->srv->send_timeout_ms : 60000);
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        conn_close(c);
+}
+
+/* ---- the request is over: stats, then the next one or close ---- */
+
+static void req_reset(struct conn *c)
+{
+    head_reset(&c->rq);
+    head_reset(&c->rs);
+    c->route = NULL;
+    c->rt = NULL;
+    c->target = NULL;
+    c->err_status = 0;
+    c->err_reason = NULL;
+    c->t_start = 0;
+    c->status = 0;
+    c->rq_keepalive = c->rq_has_body = c->rq_chunked = c->rq_expect = c->rq_upgrade = false;
+    c->rq_body_done = c->rq_trailers = false;
+    c->rq_body_bytes = c->bytes_in = 0;
+    c->rs_started = c->rs_head_sent = c->rs_done = c->rs_interim = c->rs_upgrade = c->rs_trailers = false;
+    c->rs_chunk_out = c->rs_rechunk = false;
+    c->up_reused = c->retried = false;
+    c->is_dispatched = false;
+    c->host[0] = '\0';
+}
+
+static void req_done(struct conn *c)
+{
+    uint64_t us = (uv_hrtime() - c->t_start) / 1000;
+    struct stats_counters *rs = c->rstats;
+    if (rs != NULL) {
+        hist_record(&rs->latency, us);
+        STATS_ADD(rs->bytes_in, c->bytes_in);
+        STATS_ADD(rs->bytes_out, c->out.bytes_written - c->bytes_out_start);
+    }
+    req_release(c);
+    if (c->uc != NULL)
+        up_detach(c, false);
+    if (c->want_close || c->w->is_draining || c->client_eof) {
+        conn_close_gracefully(c);
+        return;
+    }
+    req_reset(c);
+    c->state = CS_IDLE;
+    llhttp_resume(&c->parser);
+    timer_set(c, TK_IDLE, c->srv->keepalive_timeout_ms);
+    parse_pending(c);
+}
+
+/* ---- routing ---- */
+
+/* The length of the name part of a Host value ("[::1]:80" -> "[::1]"). */
+static size_t host_name_len(const char *host)
+{
+    const char *end = host[0] == '[' ? strchr(host, ']') : NULL;
+    const char *colon = strchr(end ? end : host, ':');
+    return colon ? (size_t)(colon - host) : strlen(host);
+}
+
+static bool host_matches(const char *pattern, const char *host)
+{
+    size_t hl = host_name_len(host);
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        size_t pl = strlen(pattern + 1);
+        return hl > pl && strncmp(host + hl - pl, pattern + 1, pl) == 0;
+    }
+    return strlen(pattern) == hl && strncmp(pattern, host, hl) == 0;
+}
+
+static const struct conf_server *pick_server(const struct conf *conf, const char *addr, const char *host)
+{
+    const struct conf_server *first = NULL;
+    for (size_t i = 0; i < conf->nservers; i++) {
+        const struct conf_server *s = &conf->servers[i];
+        bool on_addr = false;
+        for (size_t j = 0; j < s->nlistens && !on_addr; j++)
+            on_addr = strcmp(s->listens[j].text, addr) == 0;
+        if (!on_addr)
+            continue;
+        if (first == NULL)
+            first = s;
+        for (size_t j = 0; j < s->nnames; j++)
+            if (host_matches(s->names[j], host))
+                return s;
+    }
+    return first;
+}
+
+static const struct conf_route *pick_route(const struct conf_server *s, const char *path, size_t len)
+{
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const struct conf_route *r = &s->routes[i];
+        if (r->prefix_len <= len && memcmp(r->prefix, path, r->prefix_len) == 0)
+            return r;
+    }
+    return NULL;
+}
+
+/* ---- forwarding to the upstream ---- */
+
+static void up_on_timer(uv_timer_t *t);
+static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk);
+static void up_on_write_done(struct outq *q, int status);
+static void up_send_request(struct conn *c);
+static void req_forward(struct conn *c);
+
+static struct stats_counters *server_stats(struct conn *c)
+{
+    return stats_slot(c->target->srv->stats, c->w->id);
+}
+
+static void up_attach(struct conn *c, struct upstream_conn *uc)
+{
+    c->uc = uc;
+    uc->owner = c;
+    uc->out.owner = c;
+    uc->out.done_cb = up_on_write_done;
+    STATS_ADD(server_stats(c)->active, 1);
+}
+
+/* Lets go of the upstream connection: back to the pool when the exchange
+ * ended cleanly, else closed. */
+static void up_detach(struct conn *c, bool reusable)
+{
+    struct upstream_conn *uc = c->uc;
+    c->uc = NULL;
+    STATS_ADD(server_stats(c)->active, -1);
+    uv_timer_stop(&uc->timer);
+    uc->on_read = NULL;
+    if (c->up_parsing != NULL) {
+        buf_unref(c->up_parsing);
+        c->up_parsing = NULL;
+    }
+    if (reusable) {
+        const struct conf_upstream *cu = c->rt->group->conf;
+        upstream_pool_put(uc, cu->keepalive, cu->keepalive_timeout_ms);
+    } else {
+        upstream_conn_close(uc);
+    }
+}
+
+static const char *upstream_error_text(int err)
+{
+    switch (err) {
+    case UV_ECONNREFUSED: return "connection refused";
+    case UV_ETIMEDOUT: return "timed out";
+    case UV_ECONNRESET: return "connection reset";
+    case UV_EOF: return "connection closed";
+    case UV_EHOSTUNREACH: return "host unreachable";
+    case UV_ENETUNREACH: return "network unreachable";
+    default: return uv_strerror(err);
+    }
+}
+
+static bool method_is_idempotent(unsigned m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_TRACE || m == HTTP_PUT ||
+           m == HTTP_DELETE;
+}
+
+/* The upstream failed before a response head reached the client.  A request
+ * sent on a reused keep-alive connection that the origin closed meanwhile is
+ * resent once on a new connection when that is safe: idempotent, and no body
+ * byte was consumed from the client. */
+static void up_fail(struct conn *c, enum stats_error why, int err)
+{
+    struct stats_counters *ss = server_stats(c);
+    bool stale = c->up_reused && !c->rs_started && !c->retried && method_is_idempotent(c->method) &&
+                 !c->rq_has_body && (why == STATS_ERR_UPSTREAM_CLOSED);
+    up_detach(c, false);
+    if (stale) {
+        c->retried = true;
+        STATS_INC(ss->retries_idle);
+        req_forward(c);
+        return;
+    }
+    STATS_INC(ss->errors[why]);
+    if (c->rstats != NULL)
+        STATS_INC(c->rstats->errors[why]);
+    const char *name = c->target->srv->key;
+    LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name, upstream_error_text(err));
+    if (c->rs_head_sent) {
+        conn_abort(c, why);
+        return;
+    }
+    switch (why) {
+    case STATS_ERR_CONNECT_TIMEOUT:
+        respond_error(c, 504, "upstream %s: connect timed out", name);
+        break;
+    case STATS_ERR_HEADER_TIMEOUT:
+        respond_error(c, 504, "upstream %s: no response head within the header timeout", name);
+        break;
+    case STATS_ERR_BAD_RESPONSE:
+        respond_error(c, 502, "upstream %s: malformed response", name);
+        break;
+    case STATS_ERR_CONNECT:
+        respond_error(c, 502, "upstream %s: connect failed: %s", name, upstream_error_text(err));
+        break;
+    default:
+        respond_error(c, 502, "upstream %s: %s before a complete response head", name, upstream_error_text(err));
+        break;
+    }
+    /* the request may not have been read to its end: do not parse its rest */
+    if (!c->rq_body_done)
+        c->want_close = true;
+}
+
+static void up_on_connect(struct upstream_conn *uc, int status)
+{
+    struct conn *c = uc->owner;
+    if (c == NULL)
+        return;
+    if (status != 0) {
+        up_fail(c, STATS_ERR_CONNECT, status);
+        return;
+    }
+    up_send_request(c);
+}
+
+static void req_forward(struct conn *c)
+{
+    c->state = CS_WAIT;
+    c->target = upstream_group_pick(c->rt->group);
+    const struct conf_upstream *cu = c->rt->group->conf;
+    struct upstream_conn *uc = c->retried ? NULL : upstream_pool_take(c->w->pool, c->target);
+    if (uc != NULL) {
+        c->up_reused = true;
+        up_attach(c, uc);
+        STATS_INC(server_stats(c)->pool_reuse);
+        up_send_request(c);
+        return;
+    }
+    c->up_reused = false;
+    int err = 0;
+    uc = upstream_conn_connect(c->w->pool, c->target, up_on_connect, c, &err);
+    if (uc == NULL) {
+        STATS_INC(server_stats(c)->errors[STATS_ERR_CONNECT]);
+        respond_error(c, 502, "upstream %s: connect failed: %s", c->target->srv->key, upstream_error_text(err));
+        return;
+    }
+    up_attach(c, uc);
+    STATS_INC(server_stats(c)->pool_new);
+    uv_timer_start(&uc->timer, up_on_timer, cu->connect_timeout_ms, 0);
+}
+
+static void up_send_request(struct conn *c)
+{
+    struct upstream_conn *uc = c->uc;
+    const struct conf_upstream *cu = c->rt->group->conf;
+    struct buf *blk = buf_get();
+    struct forward_head fh = {
+        .method = llhttp_method_name(c->method),
+        .host = c->host[0] ? c->host : c->target->conf->name,
+        .client_ip = c->peer,
+        .proto = "http",
+        .via = c->srv->via,
+        .ops = c->route->req_ops,
+        .nops = c->route->nreq_ops,
+        .has_body = c->rq_has_body,
+        .chunked = c->rq_chunked,
+        .upgrade = c->rq_upgrade,
+    };
+    size_t n = head_build_request(&c->rq, &fh, blk->data, BUF_SIZE);
+    if (n == 0) {
+        buf_unref(blk);
+        up_detach(c, false);
+        respond_error(c, 431, "request head too large to forward");
+        return;
+    }
+    outq_add_ref(&uc->out, blk, blk->data, n);
+    buf_unref(blk);
+    uc->requests++;
+    c->state = CS_FORWARD;
+    c->t_sent = uv_hrtime();
+    STATS_INC(server_stats(c)->requests);
+    llhttp_init(&c->rparser, HTTP_RESPONSE, &response_settings);
+    c->rparser.data = c;
+    up_read_start(c);
+    uv_timer_start(&uc->timer, up_on_timer, cu->header_timeout_ms, 0);
+    if (c->rq_expect && !c->rq_body_done && client_is_http11(c) && c->pend == NULL) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        outq_add_static(&c->out, cont, sizeof(cont) - 1);
+        outq_flush(&c->out);
+    }
+    /* the body follows from the parser; a complete request keeps it paused
+     * until its response is done (pipelined requests wait their turn) */
+    if (!c->rq_body_done)
+        llhttp_resume(&c->parser);
+    if (outq_flush(&uc->out) != 0) {
+        up_fail(c, STATS_ERR_UPSTREAM_CLOSED, UV_EPIPE);
+        return;
+    }
+    parse_pending(c);
+}
+
+static void up_read_start(struct conn *c)
+{
+    c->up_read_paused_bp = false;
+    c->uc->on_read = up_on_read;
+    if (upstream_conn_read_start(c->uc) != 0)
+        up_fail(c, STATS_ERR_UPSTREAM_CLOSED, UV_EPIPE);
+}
+
+static void up_on_timer(uv_timer_t *t)
+{
+    struct upstream_conn *uc = t->data;
+    struct conn *c = uc->owner;
+    if (c == NULL)
+        return;
+    if (c->state == CS_WAIT)
+        up_fail(c, STATS_ERR_CONNECT_TIMEOUT, UV_ETIMEDOUT);
+    else if (!c->rs_head_sent)
+        up_fail(c, STATS_ERR_HEADER_TIMEOUT, UV_ETIMEDOUT);
+    else
+        up_fail(c, STATS_ERR_IDLE_TIMEOUT, UV_ETIMEDOUT);
+}
+
+/* The request body streams to the upstream: when it cannot keep up, stop
+ * reading the client until it has drained. */
+static void up_on_write_done(struct outq *q, int status)
+{
+    struct conn *c = q->owner;
+    if (c == NULL || c->is_closing)
+        return;
+    if (status != 0 && status != UV_ECANCELED) {
+        if (c->uc != NULL && !c->rs_done)
+            up_fail(c, STATS_ERR_UPSTREAM_CLOSED, status);
+        return;
+    }
+    if (c->read_paused_bp && c->uc != NULL && outq_backlog(&c->uc->out) <= OUT_LOW_WATER) {
+        c->read_paused_bp = false;
+        if (c->state == CS_TUNNEL)
+            conn_read_start(c);
+        else
+            parse_pending(c);
+    }
+}
+
+/* ---- the response ---- */
+
+static void resp_write_head(struct conn *c)
+{
+    unsigned status = c->rparser.status_code;
+    bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304 || (status >= 100 && status < 200);
+    bool has_length = (c->rparser.flags & F_CONTENT_LENGTH) != 0;
+    bool chunked_in = (c->rparser.flags & F_CHUNKED) != 0;
+    if (!no_body && !has_length) {
+        if (client_is_http11(c)) {
+            c->rs_chunk_out = true;
+            c->rs_rechunk = !chunked_in;
+        } else {
+            /* an HTTP/1.0 client learns the end of the body from the close */
+            c->want_close = true;
+        }
+    }
+    if (!c->rq_keepalive || c->w->is_draining || c->client_eof)
+        c->want_close = true;
+    if (c->rs_upgrade)
+        c->want_close = false;
+    char ptime[128] = "";
+    process_time_line(c, ptime, sizeof(ptime));
+    struct reply_head rh = {
+        .status = status,
+        .ops = c->route->resp_ops,
+        .nops = c->route->nresp_ops,
+        .via = c->srv->via,
+        .chunked = c->rs_chunk_out,
+        .upgrade = c->rs_upgrade,
+        .close = c->want_close,
+        .keepalive_10 = !client_is_http11(c) && !c->want_close,
+        .extra = ptime,
+    };
+    struct buf *blk = buf_get();
+    size_t n = head_build_response(&c->rs, &rh, blk->data, BUF_SIZE);
+    if (n > 0)
+        outq_add_ref(&c->out, blk, blk->data, n);
+    buf_unref(blk);
+    c->rs_head_sent = n > 0;
+    if (n > 0)
+        count_status(c, status);
+    hist_record(&server_stats(c)->latency, (uv_hrtime() - c->t_sent) / 1000);
+    STATS_INC(server_stats(c)->status[status / 100 <= 5 ? status / 100 : 0]);
+}
+
+static int rs_on_message_begin(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    c->rs_started = true;
+    return 0;
+}
+
+static int rs_on_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    return head_add(&c->rs, HEAD_FIRST, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int rs_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->rs_trailers)
+        return 0;
+    return head_add(&c->rs, HEAD_NAME, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int rs_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->rs_trailers)
+        return 0;
+    return head_add(&c->rs, HEAD_VALUE, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int rs_on_headers_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    unsigned status = p->status_code;
+    if (status >= 100 && status < 200 && status != 101) {
+        c->rs_interim = true;
+        return 0;
+    }
+    if (status == 101) {
+        if (!c->rq_upgrade)
+            return -1;
+        c->rs_upgrade = true;
+        resp_write_head(c);
+        return 2;
+    }
+    resp_write_head(c);
+    return c->method == HTTP_HEAD ? 1 : 0;
+}
+
+static int rs_on_chunk_header(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (p->content_length == 0)
+        c->rs_trailers = true;
+    if (c->rs_chunk_out && !c->rs_rechunk) {
+        char line[32];
+        int n = snprintf(line, sizeof(line), "%llx\r\n", (unsigned long long)p->content_length);
+        outq_add_copy(&c->out, line, (size_t)n);
+    }
+    return 0;
+}
+
+static int rs_on_chunk_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->rs_chunk_out && !c->rs_rechunk)
+        outq_add_static(&c->out, "\r\n", 2);
+    return 0;
+}
+
+static int rs_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->rs_rechunk) {
+        char line[32];
+        int n = snprintf(line, sizeof(line), "%zx\r\n", len);
+        outq_add_copy(&c->out, line, (size_t)n);
+    }
+    outq_add_ref(&c->out, c->up_parsing, at, len);
+    if (c->rs_rechunk)
+        outq_add_static(&c->out, "\r\n", 2);
+    return 0;
+}
+
+static int rs_on_message_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->rs_interim) {
+        unsigned status = p->status_code;
+        /* 100 answered Expect, which was not forwarded; other 1xx go to clients that understand them */
+        if (status != 100 && client_is_http11(c)) {
+            struct reply_head rh = {.status = status, .via = c->srv->via};
+            char tmp[4096];
+            size_t n = head_build_response(&c->rs, &rh, tmp, sizeof(tmp));
+            outq_add_copy(&c->out, tmp, n);
+        }
+        head_reset(&c->rs);
+        c->rs_interim = false;
+        c->rs_started = false;
+        return 0;
+    }
+    if (c->rs_chunk_out && c->rs_rechunk)
+        outq_add_static(&c->out, "0\r\n\r\n", 5);
+    c->rs_done = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t response_settings = {
+    .on_message_begin = rs_on_message_begin,
+    .on_status = rs_on_status,
+    .on_header_field = rs_on_header_field,
+    .on_header_value = rs_on_header_value,
+    .on_headers_complete = rs_on_headers_complete,
+    .on_chunk_header = rs_on_chunk_header,
+    .on_chunk_complete = rs_on_chunk_complete,
+    .on_body = rs_on_body,
+    .on_message_complete = rs_on_message_complete,
+};
+
+static void tunnel_start(struct conn *c, const char *rest, size_t len);
+
+/* After the response is complete: the upstream connection goes back to the
+ * pool when nothing is left over and both sides ended cleanly. */
+static void resp_finish(struct conn *c, bool leftover)
+{
+    bool reusable = !leftover && c->rq_body_done && llhttp_should_keep_alive(&c->rparser);
+    up_detach(c, reusable);
+    if (outq_flush(&c->out) != 0) {
+        conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        return;
+    }
+    if (!c->rq_body_done)
+        c->want_close = true;
+    req_done(c);
+}
+
+static void client_backpressure(struct conn *c)
+{
+    if (c->uc != NULL && !c->up_read_paused_bp && outq_backlog(&c->out) > OUT_HIGH_WATER) {
+        c->up_read_paused_bp = true;
+        upstream_conn_read_stop(c->uc);
+        uv_timer_stop(&c->uc->timer);
+        timer_set(c, TK_SEND, c->srv->send_timeout_ms);
+    }
+}
+
+static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
+{
+    struct conn *c = uc->owner;
+    if (nread < 0) {
+        if (c->state == CS_TUNNEL) {
+            conn_close_gracefully(c);
+            return;
+        }
+        /* a close-delimited body ends here */
+        if (nread == UV_EOF && c->rs_head_sent && llhttp_message_needs_eof(&c->rparser) &&
+            llhttp_finish(&c->rparser) == HPE_OK && c->rs_done) {
+            resp_finish(c, true);
+            return;
+        }
+        up_fail(c, STATS_ERR_UPSTREAM_CLOSED, (int)nread);
+        return;
+    }
+    STATS_ADD(server_stats(c)->bytes_in, (uint64_t)nread);
+    if (c->state == CS_TUNNEL) {
+        outq_add_ref(&c->out, blk, blk->data, (size_t)nread);
+        buf_unref(blk);
+        timer_set(c, TK_TUNNEL, c->route->websocket_idle_timeout_ms);
+        if (outq_flush(&c->out) != 0)
+            conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        else
+            client_backpressure(c);
+        return;
+    }
+    c->up_parsing = blk;
+    llhttp_errno_t err = llhttp_execute(&c->rparser, blk->data, (size_t)nread);
+    c->up_parsing = NULL;
+    if (err == HPE_OK) {
+        buf_unref(blk);
+        if (!c->rs_head_sent) {
+            uv_timer_again(&uc->timer);
+            return;
+        }
+        uv_timer_start(&uc->timer, up_on_timer, c->rt->group->conf->idle_timeout_ms, 0);
+        if (outq_flush(&c->out) != 0) {
+            conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+            return;
+        }
+        client_backpressure(c);
+        return;
+    }
+    const char *pos = llhttp_get_error_pos(&c->rparser);
+    size_t used = pos ? (size_t)(pos - blk->data) : (size_t)nread;
+    if (err == HPE_PAUSED && c->rs_done) {
+        resp_finish(c, used < (size_t)nread);
+        buf_unref(blk);
+        return;
+    }
+    if (err == HPE_PAUSED_UPGRADE && c->rs_upgrade) {
+        c->uc->out.done_cb = up_on_write_done;
+        outq_add_ref(&c->out, blk, blk->data + used, (size_t)nread - used);
+        buf_unref(blk);
+        tunnel_start(c, NULL, 0);
+        return;
+    }
+    buf_unref(blk);
+    log_debug("proxy", "upstream %s: bad response: %s", c->target->srv->key, llhttp_errno_name(err));
+    up_fail(c, STATS_ERR_BAD_RESPONSE, UV_EPROTO);
+}
+
+/* Client writes drained below the low mark: the upstream may send again. */
+static void client_on_write_done(struct outq *q, int status)
+{
+    struct conn *c = q->owner;
+    if (c->is_closing)
+        return;
+    if (status != 0) {
+        if (status != UV_ECANCELED)
+            conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        return;
+    }
+    if (c->up_read_paused_bp && c->uc != NULL && outq_backlog(&c->out) <= OUT_LOW_WATER) {
+        c->up_read_paused_bp = false;
+        if (upstream_conn_read_start(c->uc) != 0) {
+            conn_abort(c, STATS_ERR_UPSTREAM_CLOSED);
+            return;
+        }
+        if (c->state == CS_TUNNEL)
+            timer_set(c, TK_TUNNEL, c->route->websocket_idle_timeout_ms);
+        else
+            uv_timer_start(&c->uc->timer, up_on_timer, c->rt->group->conf->idle_timeout_ms, 0);
+        timer_set(c, TK_NONE, 0);
+    } else if (c->timer_kind == TK_SEND) {
+        timer_set(c, TK_SEND, c->srv->send_timeout_ms); /* progress: the stall clock restarts */
+    }
+}
+
+/* ---- tunnel (after 101 Switching Protocols) ---- */
+
+static void tunnel_start(struct conn *c, const char *rest, size_t len)
+{
+    c->state = CS_TUNNEL;
+    uv_timer_stop(&c->uc->timer);
+    timer_set(c, TK_TUNNEL, c->route->websocket_idle_timeout_ms);
+    /* bytes the client sent after its upgrade request belong to the new protocol */
+    if (c->pend != NULL) {
+        outq_add_ref(&c->uc->out, c->pend, c->pend->data + c->pend_off, c->pend_len);
+        buf_unref(c->pend);
+        c->pend = NULL;
+        outq_flush(&c->uc->out);
+    }
+    if (outq_flush(&c->out) != 0) {
+        conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        return;
+    }
+    c->rq_body_done = true;
+    conn_read_start(c);
+}
+
+static void req_dispatch(struct conn *c);
+
+/* ---- the request side ---- */
+
+static const struct conf_server *default_server(struct conn *c)
+{
+    const struct conf_server *s = pick_server(c->gen->conf, c->l->addr_text, "");
+    return s != NULL ? s : &c->gen->conf->servers[0];
+}
+
+static int rq_on_message_begin(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->gen != c->w->gen) {
+        proxy_gen_unref(c->gen);
+        c->gen = proxy_gen_ref(c->w->gen);
+    }
+    c->srv = default_server(c);
+    c->t_start = uv_hrtime();
+    c->state = CS_HEAD;
+    c->bytes_out_start = c->out.bytes_written;
+    timer_set(c, TK_HEAD, c->srv->client_header_timeout_ms);
+    const struct conf_server *s = c->srv;
+    head_start(&c->rq, s->max_header_size < HEAD_STORE_MAX ? (uint32_t)s->max_header_size : HEAD_STORE_MAX,
+               s->max_headers);
+    return 0;
+}
+
+static int rq_limit(struct conn *c, int status, const char *reason)
+{
+    c->err_status = status;
+    c->err_reason = reason;
+    return HPE_USER;
+}
+
+static int rq_on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->rq.first_len + len > c->srv->max_uri_size)
+        return rq_limit(c, 414, "request target longer than max_uri_size");
+    if (head_add(&c->rq, HEAD_FIRST, at, len) != 0)
+        return rq_limit(c, 414, "request target longer than max_uri_size");
+    return 0;
+}
+
+static int rq_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->rq_trailers)
+        return 0;
+    int rc = head_add(&c->rq, HEAD_NAME, at, len);
+    if (rc == -ENOSPC)
+        return rq_limit(c, 431, "request head larger than max_header_size");
+    if (rc != 0)
+        return rq_limit(c, 431, "more header fields than max_headers");
+    return 0;
+}
+
+static int rq_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->rq_trailers)
+        return 0;
+    if (head_add(&c->rq, HEAD_VALUE, at, len) != 0)
+        return rq_limit(c, 431, "request head larger than max_header_size");
+    return 0;
+}
+
+static int rq_on_headers_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    c->method = p->method;
+    c->http_major = p->http_major;
+    c->http_minor = p->http_minor;
+    c->rq_keepalive = llhttp_should_keep_alive(p);
+    c->rq_chunked = (p->flags & F_CHUNKED) != 0;
+    c->rq_has_body = c->rq_chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    c->rq_upgrade = p->upgrade && c->method != HTTP_CONNECT;
+    if (c->rq_has_body && c->srv->max_body_size && (p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > c->srv->max_body_size) {
+        c->err_status = 413;
+        c->err_reason = "request body larger than max_body_size";
+    }
+    c->state = CS_WAIT;
+    timer_set(c, TK_NONE, 0);
+    /* a body must wait for the upstream connection; a bodiless request is
+     * dispatched once it is complete (llhttp completes it right away) */
+    return c->rq_has_body ? HPE_PAUSED : 0;
+}
+
+static int rq_on_chunk_header(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (p->content_length == 0)
+        c->rq_trailers = true;
+    char line[32];
+    int n = snprintf(line, sizeof(line), "%llx\r\n", (unsigned long long)p->content_length);
+    if (c->uc != NULL)
+        outq_add_copy(&c->uc->out, line, (size_t)n);
+    return 0;
+}
+
+static int rq_on_chunk_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->uc != NULL)
+        outq_add_static(&c->uc->out, "\r\n", 2);
+    return 0;
+}
+
+static int rq_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    c->rq_body_bytes += len;
+    if (c->srv->max_body_size && c->rq_body_bytes > c->srv->max_body_size)
+        return rq_limit(c, 413, "request body larger than max_body_size");
+    if (c->uc != NULL)
+        outq_add_ref(&c->uc->out, c->parsing, at, len);
+    return 0;
+}
+
+static int rq_on_message_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    c->rq_body_done = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t request_settings = {
+    .on_message_begin = rq_on_message_begin,
+    .on_url = rq_on_url,
+    .on_header_field = rq_on_header_field,
+    .on_header_value = rq_on_header_value,
+    .on_headers_complete = rq_on_headers_complete,
+    .on_chunk_header = rq_on_chunk_header,
+    .on_chunk_complete = rq_on_chunk_complete,
+    .on_body = rq_on_body,
+    .on_message_complete = rq_on_message_complete,
+};
+
+static void req_admin(struct conn *c)
+{
+    struct strbuf body;
+    strbuf_init(&body);
+    const char *ctype = "application/json";
+    char path[1024];
+    size_t plen = c->rq.first_len < sizeof(path) - 1 ? c->rq.first_len : sizeof(path) - 1;
+    memcpy(path, head_first(&c->rq), plen);
+    path[plen] = '\0';
+    char auth[512];
+    const char *auth_value = head_get(&c->rq, "authorization", auth, sizeof(auth)) ? auth : NULL;
+    int status = admin_handle(c->w, llhttp_method_name(c->method), path, auth_value, &body, &ctype);
+    respond_local(c, (unsigned)status, ctype, body.data ? body.data : "", body.len, false);
+    strbuf_dispose(&body);
+}
+
+/* The request head is complete and the parser paused: decide where it goes. */
+static void req_dispatch(struct conn *c)
+{
+    struct worker *w = c->w;
+    c->is_dispatched = true;
+    STATS_INC(w->proc->requests);
+    char reason[128];
+    int host_rc = head_request_host(&c->rq, c->http_minor == 0 && c->http_major == 1, c->host, sizeof(c->host),
+                                    reason, sizeof(reason));
+    if (host_rc != 0) {
+        respond_error(c, 400, "%s", reason);
+        return;
+    }
+    c->srv = pick_server(c->gen->conf, c->l->addr_text, c->host);
+    if (c->srv == NULL)
+        c->srv = &c->gen->conf->servers[0];
+    if (c->err_status) {
+        STATS_INC(w->proc->errors[STATS_ERR_BAD_REQUEST]);
+        respond_error(c, (unsigned)c->err_status, "%s", c->err_reason);
+        return;
+    }
+    if (c->l->is_admin) {
+        req_admin(c);
+        return;
+    }
+    size_t path_len = head_path_len(&c->rq);
+    c->route = pick_route(c->srv, head_target_path(&c->rq), path_len);
+    if (c->route == NULL) {
+        STATS_INC(w->proc->errors[STATS_ERR_NO_ROUTE]);
+        respond_error(c, 404, "no route for this path");
+        return;
+    }
+    c->rt = c->route->runtime;
+    c->rstats = stats_slot(c->rt->stats, w->id);
+    STATS_INC(c->rstats->requests);
+    STATS_ADD(c->rstats->active, 1);
+    c->rq_expect = head_expects_continue(&c->rq);
+    if (c->rq_has_body)
+        timer_set(c, TK_BODY, c->srv->client_body_timeout_ms);
+    req_forward(c);
+}
+
+/* Reading follows the state: a request head or body is read as it comes;
+ * while an upstream is being reached nothing is read (the body has nowhere to
+ * go yet); while a response is awaited the socket is read only to notice the
+ * client leaving, and bytes of a pipelined request stop it until their turn. */
+static void conn_update_reading(struct conn *c)
+{
+    if (c->is_closing || c->state == CS_LINGER)
+        return;
+    bool want = c->pend == NULL && !c->read_paused_bp && c->state != CS_WAIT && c->state != CS_LOCAL;
+    if (want)
+        conn_read_start(c);
+    else
+        conn_read_stop(c);
+    bool body_open = c->state == CS_FORWARD && !c->rq_body_done;
+    if (body_open && want)
+        timer_set(c, TK_BODY, c->srv->client_body_timeout_ms);
+    else if (c->timer_kind == TK_BODY)
+        timer_set(c, TK_NONE, 0);
+}
+
+static void parse_error(struct conn *c)
+{
+    STATS_INC(c->w->proc->errors[STATS_ERR_BAD_REQUEST]);
+    if (c->rs_head_sent) {
+        conn_abort(c, STATS_ERR_BAD_REQUEST);
+        return;
+    }
+    /* the upstream saw a request that will never be complete: drop it */
+    if (c->uc != NULL)
+        up_detach(c, false);
+    c->want_close = true;
+    if (c->err_status)
+        respond_error(c, (unsigned)c->err_status, "%s", c->err_reason);
+    else
+        respond_error(c, 400, "malformed request: %s", llhttp_get_error_reason(&c->parser));
+}
+
+/* Runs the parser over the pending bytes until they are used up or it
+ * pauses.  Never re-entered: a request that completes synchronously inside
+ * (a local answer, a pooled upstream) resumes the parser and the loop here
+ * simply goes on. */
+static void parse_pending(struct conn *c)
+{
+    if (c->in_parse)
+        return;
+    c->in_parse = true;
+    while (c->pend != NULL && !c->is_closing && c->state != CS_LINGER &&
+           llhttp_get_errno(&c->parser) == HPE_OK) {
+        struct buf *blk = c->pend;
+        const char *start = blk->data + c->pend_off;
+        c->parsing = blk;
+        llhttp_errno_t err = llhttp_execute(&c->parser, start, c->pend_len);
+        c->parsing = NULL;
+        size_t used = c->pend_len;
+        if (err != HPE_OK) {
+            const char *pos = llhttp_get_error_pos(&c->parser);
+            if (pos != NULL && pos >= start && pos <= start + c->pend_len)
+                used = (size_t)(pos - start);
+        }
+        c->bytes_in += used;
+        c->pend_off += used;
+        c->pend_len -= used;
+        if (c->pend_len == 0) {
+            buf_unref(blk);
+            c->pend = NULL;
+        }
+        if (c->uc != NULL && outq_flush(&c->uc->out) != 0) {
+            up_fail(c, STATS_ERR_UPSTREAM_CLOSED, UV_EPIPE);
+            break;
+        }
+        if (c->uc != NULL && outq_backlog(&c->uc->out) > OUT_HIGH_WATER)
+            c->read_paused_bp = true;
+        if (err == HPE_OK || err == HPE_PAUSED_UPGRADE)
+            continue;
+        if (err == HPE_PAUSED) {
+            /* paused at a complete head: route it; at a complete request: wait */
+            if (c->state == CS_WAIT && !c->is_dispatched)
+                req_dispatch(c);
+            continue;
+        }
+        parse_error(c);
+    }
+    c->in_parse = false;
+    conn_update_reading(c);
+}
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct buf *blk = buf_get();
+    *b = uv_buf_init(blk->data, BUF_SIZE);
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    struct buf *blk = b->base ? (struct buf *)(b->base - offsetof(struct buf, data)) : NULL;
+    if (nread <= 0) {
+        if (blk)
+            buf_unref(blk);
+        if (nread == 0)
+            return;
+        conn_read_stop(c);
+        c->client_eof = true;
+        if (c->state == CS_IDLE || c->state == CS_TUNNEL) {
+            conn_close(c);
+            return;
+        }
+        /* the client left before its request was complete: nothing to answer */
+        if (!c->rq_body_done || c->state == CS_HEAD) {
+            conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+            return;
+        }
+        /* a half-close after a complete request: answer, then close */
+        return;
+    }
+    if (c->state == CS_TUNNEL) {
+        outq_add_ref(&c->uc->out, blk, blk->data, (size_t)nread);
+        buf_unref(blk);
+        timer_set(c, TK_TUNNEL, c->route->websocket_idle_timeout_ms);
+        if (outq_flush(&c->uc->out) != 0) {
+            conn_abort(c, STATS_ERR_UPSTREAM_CLOSED);
+        } else if (outq_backlog(&c->uc->out) > OUT_HIGH_WATER) {
+            c->read_paused_bp = true;
+            conn_read_stop(c);
+        }
+        return;
+    }
+    if (c->pend != NULL) {
+        /* reading stops while bytes wait, so this is a bug: fail safe */
+        buf_unref(blk);
+        conn_abort(c, STATS_ERR_BAD_REQUEST);
+        return;
+    }
+    c->pend = blk;
+    c->pend_off = 0;
+    c->pend_len = (size_t)nread;
+    parse_pending(c);
+}
+
+static void conn_read_start(struct conn *c)
+{
+    if (c->is_reading || c->is_closing)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
+        c->is_reading = true;
+}
+
+static void conn_read_stop(struct conn *c)
+{
+    if (!c->is_reading)
+        return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->is_reading = false;
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    switch (c->timer_kind) {
+    case TK_IDLE:
+    case TK_LINGER:
+    case TK_SEND:
+    case TK_TUNNEL:
+        conn_close(c);
+        break;
+    case TK_HEAD:
+        STATS_INC(c->w->proc->errors[STATS_ERR_BAD_REQUEST]);
+        c->want_close = true;
+        respond_error(c, 408, "request head not received within client_header_timeout");
+        break;
+    case TK_BODY:
+        if (c->rs_head_sent) {
+            conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        } else {
+            c->want_close = true;
+            respond_error(c, 408, "request body stalled longer than client_body_timeout");
+        }
+        break;
+    case TK_NONE:
+        break;
+    }
+}
+
+void conn_accept(struct listener *l)
+{
+    struct worker *w = l->w;
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    uv_tcp_init(&w->loop, &c->tcp);
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+        c->open_handles = 1;
+        c->tcp.data = c;
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    uv_timer_init(&w->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->w = w;
+    c->l = l;
+    list_init(&c->link);
+    list_push(&w->conns, &c->link);
+    w->nconns++;
+    STATS_ADD(w->proc->active, 1);
+    unsigned open = atomic_fetch_add_explicit(&proxy_info.connections, 1, memory_order_relaxed) + 1;
+    outq_init(&c->out, (uv_stream_t *)&c->tcp, client_on_write_done, c);
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        headers_format_ip((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+    c->gen = proxy_gen_ref(w->gen);
+    c->srv = default_server(c);
+    head_init(&c->rq);
+    head_init(&c->rs);
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    c->state = CS_IDLE;
+    if (open > proxy_info.max_connections || w->is_draining) {
+        LOG_RATELIMITED(LOG_WARN, "proxy", "max_connections (%u) reached: closing new connections",
+                        proxy_info.max_connections);
+        conn_close(c);
+        return;
+    }
+    timer_set(c, TK_IDLE, c->srv->client_header_timeout_ms);
+    conn_read_start(c);
+}
+
+void conn_close_all(struct worker *w, bool force)
+{
+    struct list *it = w->conns.next;
+    while (it != &w->conns) {
+        struct conn *c = LIST_ENTRY(it, struct conn, link);
+        it = it->next;
+        if (force || (c->state == CS_IDLE && c->pend == NULL))
+            conn_close(c);
+        else
+            c->want_close = true;
+    }
+}

@@ -1,0 +1,449 @@
+/* SPDX-License-Identifier: MIT */
+#include "upstream/upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+
+/* ---- process-wide server identities ---- */
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct upstream_server **registry;
+static unsigned registry_len, registry_cap;
+
+struct upstream_server *upstream_server_get(const char *group, const char *hostport)
+{
+    char key[512];
+    snprintf(key, sizeof(key), "%s/%s", group, hostport);
+    pthread_mutex_lock(&registry_lock);
+    struct upstream_server *s = NULL;
+    for (unsigned i = 0; i < registry_len; i++) {
+        if (strcmp(registry[i]->key, key) == 0) {
+            s = registry[i];
+            goto out;
+        }
+    }
+    if (registry_len == registry_cap) {
+        registry_cap = registry_cap ? registry_cap * 2 : 16;
+        registry = realloc(registry, registry_cap * sizeof(*registry));
+        if (registry == NULL)
+            abort();
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->key = strdup(key)) == NULL)
+        abort();
+    s->id = registry_len;
+    s->stats = stats_set_get("server", key);
+    registry[registry_len++] = s;
+out:
+    pthread_mutex_unlock(&registry_lock);
+    return s;
+}
+
+unsigned upstream_server_count(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    unsigned n = registry_len;
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}
+
+/* ---- groups: resolution and balancing ---- */
+
+struct build {
+    upstream_build_cb cb;
+    void *arg;
+    const struct conf *conf;
+    struct upstream_group *groups;
+    unsigned pending;
+    char error[256];
+};
+
+struct resolve {
+    uv_getaddrinfo_t req;
+    struct build *build;
+    struct upstream_target *target;
+};
+
+static void build_finish(struct build *b)
+{
+    if (b->error[0]) {
+        upstream_groups_free(b->groups, b->conf->nupstreams);
+        b->cb(b->arg, NULL, b->error);
+    } else {
+        b->cb(b->arg, b->groups, NULL);
+    }
+    free(b);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct resolve *r = req->data;
+    struct build *b = r->build;
+    const struct conf_upstream_server *cs = r->target->conf;
+    if (status != 0 || res == NULL) {
+        if (!b->error[0])
+            snprintf(b->error, sizeof(b->error), "%s:%d: cannot resolve upstream host \"%s\": %s",
+                     cs->pos.file, cs->pos.line, cs->host, uv_strerror(status ? status : UV_EAI_NONAME));
+    } else {
+        memcpy(&r->target->addr, res->ai_addr, res->ai_addrlen);
+        r->target->addrlen = res->ai_addrlen;
+        if (res->ai_family == AF_INET)
+            ((struct sockaddr_in *)&r->target->addr)->sin_port = htons(cs->port);
+        else
+            ((struct sockaddr_in6 *)&r->target->addr)->sin6_port = htons(cs->port);
+    }
+    uv_freeaddrinfo(res);
+    free(r);
+    if (--b->pending == 0)
+        build_finish(b);
+}
+
+static bool parse_numeric(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    memset(ss, 0, sizeof(*ss));
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        *len = sizeof(*a4);
+        return true;
+    }
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        *len = sizeof(*a6);
+        return true;
+    }
+    return false;
+}
+
+void upstream_groups_build(uv_loop_t *loop, const struct conf *conf, upstream_build_cb cb, void *arg)
+{
+    struct build *b = calloc(1, sizeof(*b));
+    struct upstream_group *groups = calloc(conf->nupstreams ? conf->nupstreams : 1, sizeof(*groups));
+    if (b == NULL || groups == NULL)
+        abort();
+    b->cb = cb;
+    b->arg = arg;
+    b->conf = conf;
+    b->groups = groups;
+    b->pending = 1; /* held until every lookup is started */
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        const struct conf_upstream *cu = &conf->upstreams[i];
+        struct upstream_group *g = &groups[i];
+        g->conf = cu;
+        g->ntargets = cu->nservers;
+        g->targets = calloc(cu->nservers, sizeof(*g->targets));
+        if (g->targets == NULL)
+            abort();
+        for (size_t j = 0; j < cu->nservers; j++) {
+            const struct conf_upstream_server *cs = &cu->servers[j];
+            struct upstream_target *t = &g->targets[j];
+            t->conf = cs;
+            t->srv = upstream_server_get(cu->name, cs->name);
+            if (parse_numeric(cs->host, cs->port, &t->addr, &t->addrlen))
+                continue;
+            struct resolve *r = calloc(1, sizeof(*r));
+            if (r == NULL)
+                abort();
+            r->build = b;
+            r->target = t;
+            r->req.data = r;
+            struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+            int err = uv_getaddrinfo(loop, &r->req, on_resolved, cs->host, NULL, &hints);
+            if (err != 0) {
+                snprintf(b->error, sizeof(b->error), "%s:%d: cannot resolve upstream host \"%s\": %s",
+                         cs->pos.file, cs->pos.line, cs->host, uv_strerror(err));
+                free(r);
+                continue;
+            }
+            b->pending++;
+        }
+    }
+    if (--b->pending == 0)
+        build_finish(b);
+}
+
+void upstream_groups_free(struct upstream_group *groups, size_t n)
+{
+    if (groups == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(groups[i].targets);
+    free(groups);
+}
+
+struct upstream_target *upstream_group_pick(struct upstream_group *g)
+{
+    unsigned total = 0;
+    bool primaries = false;
+    for (size_t i = 0; i < g->ntargets; i++)
+        primaries |= !g->targets[i].conf->backup;
+    for (size_t i = 0; i < g->ntargets; i++)
+        if (g->targets[i].conf->backup != primaries)
+            total += g->targets[i].conf->weight ? g->targets[i].conf->weight : 1;
+    if (g->ntargets == 1)
+        return &g->targets[0];
+    unsigned slot = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed) % total;
+    for (size_t i = 0; i < g->ntargets; i++) {
+        struct upstream_target *t = &g->targets[i];
+        if (t->conf->backup == primaries)
+            continue;
+        unsigned w = t->conf->weight ? t->conf->weight : 1;
+        if (slot < w)
+            return t;
+        slot -= w;
+    }
+    return &g->targets[0];
+}
+
+/* ---- per-worker connection pools ---- */
+
+struct upstream_pool {
+    uv_loop_t *loop;
+    struct list *idle; /* per server id */
+    unsigned *nidle;
+    unsigned nservers;
+    unsigned total_idle;
+    unsigned live; /* connections not yet freed */
+    bool is_destroyed;
+};
+
+struct upstream_pool *upstream_pool_create(uv_loop_t *loop)
+{
+    struct upstream_pool *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        abort();
+    p->loop = loop;
+    return p;
+}
+
+static void pool_grow(struct upstream_pool *p, unsigned id)
+{
+    if (id < p->nservers)
+        return;
+    unsigned n = id + 16;
+    p->idle = realloc(p->idle, n * sizeof(*p->idle));
+    p->nidle = realloc(p->nidle, n * sizeof(*p->nidle));
+    if (p->idle == NULL || p->nidle == NULL)
+        abort();
+    /* realloc moved the list heads: relink the idle entries to their new head */
+    for (unsigned i = 0; i < p->nservers; i++) {
+        if (p->nidle[i] == 0) {
+            list_init(&p->idle[i]);
+            continue;
+        }
+        p->idle[i].next->prev = &p->idle[i];
+        p->idle[i].prev->next = &p->idle[i];
+    }
+    for (unsigned i = p->nservers; i < n; i++) {
+        list_init(&p->idle[i]);
+        p->nidle[i] = 0;
+    }
+    p->nservers = n;
+}
+
+static void pool_maybe_free(struct upstream_pool *p)
+{
+    if (p->is_destroyed && p->live == 0) {
+        free(p->idle);
+        free(p->nidle);
+        free(p);
+    }
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct upstream_conn *uc = h->data;
+    if (--uc->open_handles > 0)
+        return;
+    struct upstream_pool *p = uc->pool;
+    outq_dispose(&uc->out);
+    free(uc);
+    p->live--;
+    pool_maybe_free(p);
+}
+
+static void unlink_idle(struct upstream_conn *uc)
+{
+    if (!uc->is_idle)
+        return;
+    list_remove(&uc->link);
+    uc->pool->nidle[uc->server_id]--;
+    uc->pool->total_idle--;
+    uc->is_idle = false;
+}
+
+void upstream_conn_close(struct upstream_conn *uc)
+{
+    if (uc->is_closing)
+        return;
+    uc->is_closing = true;
+    unlink_idle(uc);
+    uc->owner = NULL;
+    uc->out.owner = NULL;
+    uc->out.done_cb = NULL;
+    uv_close((uv_handle_t *)&uc->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&uc->timer, on_conn_closed);
+}
+
+void upstream_pool_destroy(struct upstream_pool *p)
+{
+    p->is_destroyed = true;
+    for (unsigned i = 0; i < p->nservers; i++)
+        while (!list_is_empty(&p->idle[i]))
+            upstream_conn_close(LIST_ENTRY(p->idle[i].next, struct upstream_conn, link));
+    pool_maybe_free(p);
+}
+
+unsigned upstream_pool_idle_count(const struct upstream_pool *p)
+{
+    return p->total_idle;
+}
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct buf *blk = buf_get();
+    *b = uv_buf_init(blk->data, BUF_SIZE);
+}
+
+/* An idle connection must not receive anything: data or EOF means the origin
+ * closed it (or broke the protocol), so it can never be reused. */
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct upstream_conn *uc = s->data;
+    struct buf *blk = b->base ? (struct buf *)(b->base - offsetof(struct buf, data)) : NULL;
+    if (nread == 0 || (nread < 0 && blk != NULL)) {
+        if (blk != NULL)
+            buf_unref(blk);
+        blk = NULL;
+        if (nread == 0)
+            return;
+    }
+    if (uc->owner != NULL && uc->on_read != NULL) {
+        uc->on_read(uc, nread, blk);
+        return;
+    }
+    if (blk != NULL)
+        buf_unref(blk);
+    upstream_conn_close(uc);
+}
+
+int upstream_conn_read_start(struct upstream_conn *uc)
+{
+    if (uc->is_reading)
+        return 0;
+    int rc = uv_read_start((uv_stream_t *)&uc->tcp, conn_alloc, conn_read);
+    uc->is_reading = rc == 0;
+    return rc;
+}
+
+void upstream_conn_read_stop(struct upstream_conn *uc)
+{
+    if (!uc->is_reading)
+        return;
+    uv_read_stop((uv_stream_t *)&uc->tcp);
+    uc->is_reading = false;
+}
+
+static void idle_timeout(uv_timer_t *t)
+{
+    upstream_conn_close(t->data);
+}
+
+struct upstream_conn *upstream_pool_take(struct upstream_pool *p, const struct upstream_target *t)
+{
+    unsigned id = t->srv->id;
+    if (id >= p->nservers || p->nidle[id] == 0)
+        return NULL;
+    /* the most recently used connection first: it is the least likely to have
+     * been closed by the origin's own idle timeout */
+    struct list *it;
+    for (it = p->idle[id].prev; it != &p->idle[id]; it = it->prev) {
+        struct upstream_conn *uc = LIST_ENTRY(it, struct upstream_conn, link);
+        if (uc->addrlen != t->addrlen || memcmp(&uc->addr, &t->addr, t->addrlen) != 0)
+            continue;
+        unlink_idle(uc);
+        uv_timer_stop(&uc->timer);
+        return uc;
+    }
+    return NULL;
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct upstream_conn *uc = req->data;
+    if (uc->is_closing)
+        return;
+    uc->connect_cb(uc, status);
+}
+
+struct upstream_conn *upstream_conn_connect(struct upstream_pool *p, const struct upstream_target *t,
+                                            upstream_connect_cb cb, void *owner, int *err)
+{
+    struct upstream_conn *uc = calloc(1, sizeof(*uc));
+    if (uc == NULL) {
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    uc->pool = p;
+    uc->server_id = t->srv->id;
+    memcpy(&uc->addr, &t->addr, t->addrlen);
+    uc->addrlen = t->addrlen;
+    uc->owner = owner;
+    uc->connect_cb = cb;
+    list_init(&uc->link);
+    uv_tcp_init(p->loop, &uc->tcp);
+    uv_timer_init(p->loop, &uc->timer);
+    uc->tcp.data = uc;
+    uc->timer.data = uc;
+    uc->connect_req.data = uc;
+    outq_init(&uc->out, (uv_stream_t *)&uc->tcp, NULL, NULL);
+    uc->open_handles = 2;
+    p->live++;
+    uv_tcp_nodelay(&uc->tcp, 1);
+    int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&t->addr, on_connect);
+    if (rc != 0) {
+        *err = rc;
+        upstream_conn_close(uc);
+        return NULL;
+    }
+    return uc;
+}
+
+void upstream_pool_put(struct upstream_conn *uc, unsigned max_idle, uint64_t timeout_ms)
+{
+    struct upstream_pool *p = uc->pool;
+    uc->owner = NULL;
+    uc->out.owner = NULL;
+    uc->out.done_cb = NULL;
+    if (p->is_destroyed || uc->out.inflight > 0 || max_idle == 0 || timeout_ms == 0) {
+        upstream_conn_close(uc);
+        return;
+    }
+    pool_grow(p, uc->server_id);
+    if (p->nidle[uc->server_id] >= max_idle) {
+        upstream_conn_close(uc);
+        return;
+    }
+    uc->on_read = NULL;
+    if (upstream_conn_read_start(uc) != 0) {
+        upstream_conn_close(uc);
+        return;
+    }
+    uv_timer_start(&uc->timer, idle_timeout, timeout_ms, 0);
+    list_push(&p->idle[uc->server_id], &uc->link);
+    p->nidle[uc->server_id]++;
+    p->total_idle++;
+    uc->is_idle = true;
+}
