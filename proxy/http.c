@@ -823,6 +823,9 @@ static int rs_on_message_complete(llhttp_t *p)
         c->rs_started = false;
         return 0;
     }
+    /* after a 101 llhttp goes on to HPE_PAUSED_UPGRADE: the tunnel starts there */
+    if (c->rs_upgrade)
+        return 0;
     if (c->rs_chunk_out && c->rs_rechunk)
         outq_add_static(&c->out, "0\r\n\r\n", 5);
     c->rs_done = true;

@@ -45,7 +45,7 @@ def core():
 
 def route_stats(stats, port, prefix="/"):
     """The routes entry "<server>/<prefix>" of the server listening on port."""
-    found = [v for k, v in stats["routes"].items() if str(port) in k and k.endswith(prefix)]
+    found = [v for k, v in stats["routes"].items() if k == "127.0.0.1:%d%s" % (port, prefix)]
     check(len(found) == 1, "one route stats entry for port %d prefix %s in %s" % (port, prefix,
                                                                                    list(stats["routes"])))
     return found[0]
