@@ -15,7 +15,10 @@ struct outq_batch {
     unsigned nbufs, nrefs;
     size_t scratch_used;
     uv_buf_t bufs[OUTQ_MAX_BUFS];
-    struct buf *refs[OUTQ_MAX_BUFS];
+    struct outq_ref {
+        void (*release)(void *obj);
+        void *obj;
+    } refs[OUTQ_MAX_BUFS];
     char scratch[OUTQ_SCRATCH];
 };
 
@@ -40,7 +43,7 @@ static struct outq_batch *batch_get(struct outq *q)
 static void batch_put(struct outq_batch *b)
 {
     for (unsigned i = 0; i < b->nrefs; i++)
-        buf_unref(b->refs[i]);
+        b->refs[i].release(b->refs[i].obj);
     b->nrefs = 0;
     if (freelist_len >= OUTQ_FREELIST_MAX) {
         free(b);
@@ -104,16 +107,32 @@ static void add(struct outq_batch *b, const char *p, size_t len)
     b->bufs[b->nbufs++] = uv_buf_init((char *)p, (unsigned)len);
 }
 
-void outq_add_ref(struct outq *q, struct buf *blk, const char *p, size_t len)
+static void release_buf(void *obj)
+{
+    buf_unref(obj);
+}
+
+static void ref_buf(void *obj)
+{
+    buf_ref(obj);
+}
+
+void outq_add_held(struct outq *q, const char *p, size_t len, void (*ref)(void *), void (*release)(void *),
+                   void *obj)
 {
     if (len == 0)
         return;
     struct outq_batch *b = room(q, 0);
-    if (b->nrefs == 0 || b->refs[b->nrefs - 1] != blk) {
-        buf_ref(blk);
-        b->refs[b->nrefs++] = blk;
+    if (b->nrefs == 0 || b->refs[b->nrefs - 1].obj != obj) {
+        ref(obj);
+        b->refs[b->nrefs++] = (struct outq_ref){release, obj};
     }
     add(b, p, len);
+}
+
+void outq_add_ref(struct outq *q, struct buf *blk, const char *p, size_t len)
+{
+    outq_add_held(q, p, len, ref_buf, release_buf, blk);
 }
 
 void outq_add_static(struct outq *q, const char *p, size_t len)

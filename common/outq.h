@@ -46,6 +46,11 @@ void outq_dispose(struct outq *q);
 /* Queues len bytes at p, which lie inside block b (a ref is taken if the bytes
  * must outlive the flush). */
 void outq_add_ref(struct outq *q, struct buf *b, const char *p, size_t len);
+/* Queues len bytes at p owned by obj: ref(obj) is called if the bytes must
+ * outlive the flush, release(obj) when they are written (a cache entry, a
+ * fill). */
+void outq_add_held(struct outq *q, const char *p, size_t len, void (*ref)(void *), void (*release)(void *),
+                   void *obj);
 /* Queues bytes that live forever (string literals). */
 void outq_add_static(struct outq *q, const char *p, size_t len);
 /* Copies a few bytes (chunk-size lines, small local answers) into the batch. */

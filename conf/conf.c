@@ -25,6 +25,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <llhttp.h>
+
 #include "conf/conf_int.h"
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -37,6 +39,9 @@
 #define MIB       (1024 * KIB)
 #define GIB       (1024 * MIB)
 
+/* longest TTL or stale window a cache rule may give */
+#define MAX_TTL (365 * MS_DAY)
+
 /* listen x server_name pairs the virtual-host check may expand to; far
  * above any real configuration, low enough to bound its memory */
 #define MAX_ADDR_USES 1000000
@@ -46,14 +51,19 @@ enum ctx {
     CTX_ADMIN = 1u << 1,
     CTX_UPSTREAM = 1u << 2,
     CTX_SERVER = 1u << 3,
-    CTX_ROUTE = 1u << 4
+    CTX_ROUTE = 1u << 4,
+    CTX_CACHE = 1u << 5,      /* top-level cache NAME { }: struct conf_cache */
+    CTX_ROUTE_CACHE = 1u << 6 /* a route's cache NAME { }: struct conf_route_cache */
 };
+
+struct keyed;
 
 /* Pass 2 state. */
 struct build {
     struct conf_loader *ld;
     struct conf *conf;
-    struct conf_upstream **by_name; /* conf->upstreams sorted by name, made at the first route lookup */
+    struct keyed *upstream_index; /* conf->upstreams sorted by name, made at the first route lookup */
+    struct keyed *cache_index;    /* the same for conf->caches */
 };
 
 struct directive;
@@ -129,26 +139,16 @@ static const struct unit_kind numbers = {
 static const char *const on_off[] = {"off", "on", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const balances[] = {"round_robin", "least_conn", "p2c", NULL};
+/* methods a route may cache, and their llhttp numbers */
+static const char *const cache_method_names[] = {"GET", "HEAD", "POST", NULL};
+static const unsigned cache_methods[] = {HTTP_GET, HTTP_HEAD, HTTP_POST};
 
 /* Directives of later features (CONF.md): known, so they get a better error
  * than "unknown". */
 static const char *const future_directives[] = {
-    "cache",
-    "limit",
-    "redis",
-    "analytics",
-    "access_log",
-    "retry",
-    "retry_budget",
-    "breaker",
-    "health_check",
-    "deadline",
-    "fallback",
-    "max_inflight",
-    "retry_non_idempotent",
-    "tls_verify",
-    "tls_ca",
-    NULL,
+    "limit",      "redis",        "analytics", "access_log", "retry",        "retry_budget",
+    "breaker",    "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent",
+    "tls_verify", "tls_ca",       NULL,
 };
 
 _Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
@@ -409,6 +409,20 @@ static void print_word(FILE *out, const char *s)
     fputc('"', out);
 }
 
+/* "name [arg] {", the rows of ctx for obj, "}": a block as conf_print writes it. */
+static void print_nested(FILE *out, int indent, const char *name, const char *arg, unsigned ctx,
+                         const void *obj)
+{
+    fprintf(out, "%*s%s ", indent * 4, "", name);
+    if (arg != NULL) {
+        print_word(out, arg);
+        fputc(' ', out);
+    }
+    fputs("{\n", out);
+    print_block(out, indent + 1, ctx, obj);
+    fprintf(out, "%*s}\n", indent * 4, "");
+}
+
 /* --- main context --- */
 
 static void parse_workers(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
@@ -465,9 +479,8 @@ static void print_admin(FILE *out, int indent, const struct directive *d, const 
         fprintf(out, "%*s%s off;\n", indent * 4, "", d->name);
         return;
     }
-    fprintf(out, "\n%*s%s {\n", indent * 4, "", d->name);
-    print_block(out, indent + 1, CTX_ADMIN, obj);
-    fprintf(out, "%*s}\n", indent * 4, "");
+    fputc('\n', out);
+    print_nested(out, indent, d->name, NULL, CTX_ADMIN, obj);
 }
 
 /* "IPv4:PORT", "[IPv6]:PORT", "*:PORT" or "PORT" (0.0.0.0) into l's address and text. */
@@ -569,12 +582,18 @@ static void print_admin_token(FILE *out, int indent, const struct directive *d, 
     fputs(";\n", out);
 }
 
-static bool has_kid(const struct conf_node *n, const char *name)
+/* The first directive called name in n's block, or NULL. */
+static const struct conf_node *find_kid(const struct conf_node *n, const char *name)
 {
     for (size_t i = 0; i < n->nkids; i++)
         if (strcmp(n->kids[i].argv[0], name) == 0)
-            return true;
-    return false;
+            return &n->kids[i];
+    return NULL;
+}
+
+static bool has_kid(const struct conf_node *n, const char *name)
+{
+    return find_kid(n, name) != NULL;
 }
 
 struct keyed {
@@ -589,10 +608,15 @@ static int cmp_keyed(const void *a, const void *b)
     return c ? c : (x->index > y->index) - (x->index < y->index);
 }
 
-/* For an array of n structs of stride bytes with a string at key_offset:
- * first[i] is the index of the first element with element i's key, or
- * SIZE_MAX when i is that first one.  Sorting keeps this O(n log n). */
-static size_t *find_repeats(const void *base, size_t n, size_t stride, size_t key_offset)
+static int cmp_key(const void *a, const void *b)
+{
+    const struct keyed *x = a, *y = b;
+    return strcmp(x->key, y->key);
+}
+
+/* The strings at key_offset of an array of n structs of stride bytes, with
+ * their indexes, sorted (equal keys in array order). */
+static struct keyed *sort_keys(const void *base, size_t n, size_t stride, size_t key_offset)
 {
     struct keyed *v = conf_xcalloc(n, sizeof(*v));
     for (size_t i = 0; i < n; i++) {
@@ -600,6 +624,15 @@ static size_t *find_repeats(const void *base, size_t n, size_t stride, size_t ke
         v[i].index = i;
     }
     qsort(v, n, sizeof(*v), cmp_keyed);
+    return v;
+}
+
+/* For an array of n structs of stride bytes with a string at key_offset:
+ * first[i] is the index of the first element with element i's key, or
+ * SIZE_MAX when i is that first one.  Sorting keeps this O(n log n). */
+static size_t *find_repeats(const void *base, size_t n, size_t stride, size_t key_offset)
+{
+    struct keyed *v = sort_keys(base, n, stride, key_offset);
     size_t *first = conf_xcalloc(n, sizeof(*first));
     for (size_t i = 0, g = 0; i < n; i++) {
         if (i > 0 && strcmp(v[i].key, v[g].key) == 0) {
@@ -635,15 +668,56 @@ static void report_repeats(struct build *b, const char *what, const void *base, 
     report_repeats(b, what, array, n, sizeof(*(array)), offsetof(__typeof__(*(array)), key),                 \
                    offsetof(__typeof__(*(array)), pos))
 
+/* Reports, at n, each element of a list given in n whose key repeats an
+ * earlier one's as "label: what "key" is repeated"; returns whether any did. */
+static bool report_list_repeats(struct build *b, const struct conf_node *n, const char *what,
+                                const void *base, size_t count, size_t stride, size_t key_offset)
+{
+    size_t *first = find_repeats(base, count, stride, key_offset);
+    bool has_repeats = false;
+    for (size_t i = 0; i < count; i++) {
+        if (first[i] == SIZE_MAX)
+            continue;
+        has_repeats = true;
+        conf_report(b->ld, &n->pos, "%s: %s \"%s\" is repeated", n->argv[0], what,
+                    *(char *const *)((const char *)base + i * stride + key_offset));
+    }
+    free(first);
+    return has_repeats;
+}
+
+/* The index of the element of array whose string at key_offset is name, or
+ * SIZE_MAX.  *index sorts the array at the first call, so the array must be
+ * complete by then: upstream and cache rows are early, routes see them all. */
+static size_t find_named(struct keyed **index, const void *base, size_t n, size_t stride, size_t key_offset,
+                         const char *name)
+{
+    if (n == 0)
+        return SIZE_MAX;
+    if (*index == NULL)
+        *index = sort_keys(base, n, stride, key_offset);
+    const struct keyed *hit = bsearch(&(struct keyed){.key = name}, *index, n, sizeof(**index), cmp_key);
+    return hit ? hit->index : SIZE_MAX;
+}
+
+#define FIND_NAMED(index, array, n, key, name)                                                               \
+    find_named(index, array, n, sizeof(*(array)), offsetof(__typeof__(*(array)), key), name)
+
+/* Names of upstreams and caches. */
+static void check_name(struct build *b, const struct conf_node *n)
+{
+    if (!is_name(n->argv[1]))
+        conf_report(b->ld, &n->pos, "%s: invalid name \"%s\" (letters, digits, \"_\", \"-\" and \".\")",
+                    n->argv[0], n->argv[1]);
+}
+
 /* --- upstream --- */
 
 static void parse_upstream(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
 {
     struct conf *conf = obj;
     const char *name = n->argv[1];
-    if (!is_name(name))
-        conf_report(b->ld, &n->pos, "upstream: invalid name \"%s\" (letters, digits, \"_\", \"-\" and \".\")",
-                    name);
+    check_name(b, n);
     struct conf_upstream *u = CONF_PUSH(conf->upstreams, conf->nupstreams);
     u->name = conf_xstrdup(name);
     u->pos = n->pos;
@@ -663,9 +737,8 @@ static void print_upstreams(FILE *out, int indent, const struct directive *d, co
 {
     const struct conf *conf = obj;
     for (size_t i = 0; i < conf->nupstreams; i++) {
-        fprintf(out, "\n%*s%s %s {\n", indent * 4, "", d->name, conf->upstreams[i].name);
-        print_block(out, indent + 1, CTX_UPSTREAM, &conf->upstreams[i]);
-        fprintf(out, "%*s}\n", indent * 4, "");
+        fputc('\n', out);
+        print_nested(out, indent, d->name, conf->upstreams[i].name, CTX_UPSTREAM, &conf->upstreams[i]);
     }
 }
 
@@ -886,9 +959,8 @@ static void print_servers(FILE *out, int indent, const struct directive *d, cons
 {
     const struct conf *conf = obj;
     for (size_t i = 0; i < conf->nservers; i++) {
-        fprintf(out, "\n%*s%s {\n", indent * 4, "", d->name);
-        print_block(out, indent + 1, CTX_SERVER, &conf->servers[i]);
-        fprintf(out, "%*s}\n", indent * 4, "");
+        fputc('\n', out);
+        print_nested(out, indent, d->name, NULL, CTX_SERVER, &conf->servers[i]);
     }
 }
 
@@ -916,45 +988,21 @@ static void print_routes(FILE *out, int indent, const struct directive *d, const
 {
     const struct conf_server *s = obj;
     for (size_t i = 0; i < s->nroutes; i++) {
-        fprintf(out, "\n%*s%s ", indent * 4, "", d->name);
-        print_word(out, s->routes[i].prefix);
-        fputs(" {\n", out);
-        print_block(out, indent + 1, CTX_ROUTE, &s->routes[i]);
-        fprintf(out, "%*s}\n", indent * 4, "");
+        fputc('\n', out);
+        print_nested(out, indent, d->name, s->routes[i].prefix, CTX_ROUTE, &s->routes[i]);
     }
-}
-
-static int cmp_upstream_name(const void *a, const void *b)
-{
-    const struct conf_upstream *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
-}
-
-static struct conf_upstream *find_upstream(struct build *b, const char *name)
-{
-    struct conf *conf = b->conf;
-    if (conf->nupstreams == 0)
-        return NULL;
-    /* upstream rows are early: conf->upstreams is complete by the first route */
-    if (b->by_name == NULL) {
-        b->by_name = conf_xcalloc(conf->nupstreams, sizeof(*b->by_name));
-        for (size_t i = 0; i < conf->nupstreams; i++)
-            b->by_name[i] = &conf->upstreams[i];
-        qsort(b->by_name, conf->nupstreams, sizeof(*b->by_name), cmp_upstream_name);
-    }
-    struct conf_upstream key = {.name = (char *)name}, *kp = &key;
-    struct conf_upstream **hit =
-        bsearch(&kp, b->by_name, conf->nupstreams, sizeof(*b->by_name), cmp_upstream_name);
-    return hit ? *hit : NULL;
 }
 
 static void parse_route_upstream(struct build *b, const struct conf_node *n, const struct directive *d,
                                  void *obj)
 {
     struct conf_route *r = obj;
-    r->upstream = find_upstream(b, n->argv[1]);
-    if (r->upstream == NULL)
+    struct conf *conf = b->conf;
+    size_t i = FIND_NAMED(&b->upstream_index, conf->upstreams, conf->nupstreams, name, n->argv[1]);
+    if (i == SIZE_MAX)
         conf_report(b->ld, &n->pos, "unknown upstream \"%s\"", n->argv[1]);
+    else
+        r->upstream = &conf->upstreams[i];
 }
 
 static void print_route_upstream(FILE *out, int indent, const struct directive *d, const void *obj)
@@ -1021,6 +1069,458 @@ static void print_response_headers(FILE *out, int indent, const struct directive
     print_header_ops(out, indent, "response_header", r->resp_ops, r->nresp_ops);
 }
 
+/* --- cache (top level) --- */
+
+static void parse_cache(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    check_name(b, n);
+    struct conf_cache *c = CONF_PUSH(conf->caches, conf->ncaches);
+    c->name = conf_xstrdup(n->argv[1]);
+    c->pos = n->pos;
+    apply_defaults(b, CTX_CACHE, c);
+    if (n->has_block)
+        apply_block(b, CTX_CACHE, n, c);
+    /* one object may take an eighth of the budget, so a few big ones cannot
+     * flush everything else; the default shrinks to fit a small budget */
+    uint64_t most = c->memory / 8;
+    const struct conf_node *mo = find_kid(n, "max_object");
+    if (mo == NULL) {
+        if (c->max_object > most)
+            c->max_object = most;
+    } else if (c->max_object > most) {
+        char a[32], m[32], z[32];
+        conf_report(b->ld, &mo->pos, "max_object: %s is more than memory / 8 (memory %s, so at most %s)",
+                    format_value(a, c->max_object, &sizes), format_value(m, c->memory, &sizes),
+                    format_value(z, most, &sizes));
+    }
+}
+
+static void print_caches(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    for (size_t i = 0; i < conf->ncaches; i++) {
+        fputc('\n', out);
+        print_nested(out, indent, d->name, conf->caches[i].name, CTX_CACHE, &conf->caches[i]);
+    }
+}
+
+/* --- cache (in a route) --- */
+
+static void strings_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static char *xstrndup(const char *s, size_t len)
+{
+    char *d = conf_xcalloc(1, len + 1);
+    memcpy(d, s, len);
+    return d;
+}
+
+static void route_cache_free(struct conf_route_cache *rc)
+{
+    if (rc == NULL)
+        return;
+    free(rc->ttl_status);
+    free(rc->ttl_header);
+    free(rc->ttl_json_path);
+    for (size_t i = 0; i < rc->nttl_json_values; i++)
+        free(rc->ttl_json_values[i].value);
+    free(rc->ttl_json_values);
+    strings_free(rc->key_headers, rc->nkey_headers);
+    strings_free(rc->key_query_ignore, rc->nkey_query_ignore);
+    free(rc);
+}
+
+/* The TTL of a VALUE=TTL pair: a duration, or a bare "0" for "never store". */
+static bool pair_ttl(struct build *b, const struct conf_node *n, const char *text, uint64_t *ms)
+{
+    if (strcmp(text, "0") == 0) {
+        *ms = 0;
+        return true;
+    }
+    return parse_bounded(b, n, n->argv[0], text, &durations, 0, MAX_TTL, ms);
+}
+
+static void parse_cache_methods(struct build *b, const struct conf_node *n, const struct directive *d,
+                                void *obj)
+{
+    struct conf_route_cache *rc = obj;
+    uint32_t mask = 0;
+    bool is_ok = true;
+    for (size_t i = 1; i < n->argc; i++) {
+        int m = choose(b, n, n->argv[0], n->argv[i], cache_method_names);
+        if (m < 0)
+            is_ok = false;
+        else
+            mask |= CONF_CACHE_METHOD_BIT(cache_methods[m]);
+    }
+    if (is_ok)
+        rc->methods = mask;
+}
+
+static void print_cache_methods(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route_cache *rc = obj;
+    fprintf(out, "%*s%s", indent * 4, "", d->name);
+    for (size_t i = 0; cache_method_names[i] != NULL; i++)
+        if (rc->methods & CONF_CACHE_METHOD_BIT(cache_methods[i]))
+            fprintf(out, " %s", cache_method_names[i]);
+    fputs(";\n", out);
+}
+
+static void parse_cache_ttl(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_route_cache *rc = obj;
+    bool is_override = n->argc == 3;
+    if (is_override && strcmp(n->argv[2], "override") != 0) {
+        conf_report(b->ld, &n->pos, "ttl: unknown parameter \"%s\" (expected override)", n->argv[2]);
+        return;
+    }
+    uint64_t ms;
+    if (!parse_bounded(b, n, n->argv[0], n->argv[1], &durations, 1, MAX_TTL, &ms))
+        return;
+    rc->has_ttl = true;
+    rc->ttl_ms = ms;
+    rc->ttl_override = is_override;
+}
+
+static void print_cache_ttl(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route_cache *rc = obj;
+    char buf[32];
+    if (rc->has_ttl)
+        fprintf(out, "%*s%s %s%s;\n", indent * 4, "", d->name, format_value(buf, rc->ttl_ms, &durations),
+                rc->ttl_override ? " override" : "");
+}
+
+/* "404" or a class "4xx" (len bytes of s) into the statuses it matches. */
+static bool status_spec(const char *s, size_t len, unsigned *lo, unsigned *hi)
+{
+    if (len != 3 || s[0] < '1' || s[0] > '5')
+        return false;
+    unsigned hundreds = (unsigned)(s[0] - '0') * 100;
+    if (tolower((unsigned char)s[1]) == 'x' && tolower((unsigned char)s[2]) == 'x') {
+        *lo = hundreds;
+        *hi = hundreds + 99;
+        return true;
+    }
+    if (!isdigit((unsigned char)s[1]) || !isdigit((unsigned char)s[2]))
+        return false;
+    *lo = *hi = hundreds + (unsigned)(s[1] - '0') * 10 + (unsigned)(s[2] - '0');
+    return true;
+}
+
+static void parse_ttl_status(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_route_cache *rc = obj;
+    /* the first match wins, so an entry whose statuses all match earlier
+     * ones never applies: covered_by[s - 100] is the argument that first
+     * matches status s (0: none yet) */
+    size_t covered_by[500] = {0};
+    for (size_t i = 1; i < n->argc; i++) {
+        const char *a = n->argv[i], *eq = strchr(a, '=');
+        unsigned lo, hi;
+        uint64_t ms;
+        if (eq == NULL || !status_spec(a, (size_t)(eq - a), &lo, &hi)) {
+            conf_report(b->ld, &n->pos,
+                        "ttl_status: invalid \"%s\" (expected STATUS=TTL such as 404=30s or 5xx=0)", a);
+            continue;
+        }
+        if (!pair_ttl(b, n, eq + 1, &ms))
+            continue;
+        size_t by = covered_by[lo - 100];
+        bool is_shadowed = true;
+        for (unsigned s = lo; s <= hi; s++) {
+            is_shadowed &= covered_by[s - 100] != 0;
+            if (covered_by[s - 100] != by)
+                by = 0;
+            if (covered_by[s - 100] == 0)
+                covered_by[s - 100] = i;
+        }
+        if (is_shadowed && by != 0)
+            conf_report(b->ld, &n->pos, "ttl_status: \"%s\" never applies: \"%s\" comes first", a,
+                        n->argv[by]);
+        else if (is_shadowed)
+            conf_report(b->ld, &n->pos,
+                        "ttl_status: \"%s\" never applies: earlier entries match all its statuses", a);
+        else
+            *CONF_PUSH(rc->ttl_status, rc->nttl_status) = (struct conf_ttl_status){lo, hi, ms};
+    }
+}
+
+static void print_ttl_status(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route_cache *rc = obj;
+    if (rc->nttl_status == 0)
+        return;
+    fprintf(out, "%*s%s", indent * 4, "", d->name);
+    for (size_t i = 0; i < rc->nttl_status; i++) {
+        const struct conf_ttl_status *t = &rc->ttl_status[i];
+        char buf[32];
+        if (t->lo == t->hi)
+            fprintf(out, " %u=%s", t->lo, format_value(buf, t->ttl_ms, &durations));
+        else
+            fprintf(out, " %uxx=%s", t->lo / 100, format_value(buf, t->ttl_ms, &durations));
+    }
+    fputs(";\n", out);
+}
+
+/* "a.b.c": object keys, none empty. */
+static bool is_json_path(const char *s)
+{
+    return *s != '\0' && *s != '.' && s[strlen(s) - 1] != '.' && strstr(s, "..") == NULL;
+}
+
+static void parse_ttl_json(struct build *b, const struct conf_node *n, struct conf_route_cache *rc,
+                           const char *path)
+{
+    if (rc->ttl_json_path != NULL) {
+        conf_report(b->ld, &n->pos, "ttl_from: json: is already given (at most one header: and one json:)");
+        return;
+    }
+    if (!is_json_path(path)) {
+        conf_report(b->ld, &n->pos,
+                    "ttl_from: invalid JSON path \"%s\" (object keys separated by \".\", none empty)", path);
+        return;
+    }
+    if (n->argc < 3) {
+        conf_report(b->ld, &n->pos, "ttl_from: json:PATH needs at least one VALUE=TTL pair");
+        return;
+    }
+    struct conf_ttl_value *v = NULL;
+    size_t nv = 0;
+    bool is_ok = true;
+    for (size_t i = 2; i < n->argc; i++) {
+        /* the last "=": a quoted value may hold one, a TTL never does */
+        const char *a = n->argv[i], *eq = strrchr(a, '=');
+        uint64_t ms;
+        if (eq == NULL) {
+            conf_report(b->ld, &n->pos,
+                        "ttl_from: invalid pair \"%s\" (expected VALUE=TTL such as completed=1h)", a);
+            is_ok = false;
+        } else if (!pair_ttl(b, n, eq + 1, &ms)) {
+            is_ok = false;
+        } else {
+            *CONF_PUSH(v, nv) = (struct conf_ttl_value){xstrndup(a, (size_t)(eq - a)), ms};
+        }
+    }
+    if (report_list_repeats(b, n, "value", v, nv, sizeof(*v), offsetof(struct conf_ttl_value, value)))
+        is_ok = false;
+    if (!is_ok) {
+        for (size_t i = 0; i < nv; i++)
+            free(v[i].value);
+        free(v);
+        return;
+    }
+    rc->ttl_json_path = conf_xstrdup(path);
+    rc->ttl_json_values = v;
+    rc->nttl_json_values = nv;
+}
+
+static void parse_ttl_from(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_route_cache *rc = obj;
+    const char *src = n->argv[1];
+    if (strncmp(src, "json:", 5) == 0) {
+        parse_ttl_json(b, n, rc, src + 5);
+        return;
+    }
+    if (strncmp(src, "header:", 7) != 0) {
+        conf_report(b->ld, &n->pos, "ttl_from: invalid source \"%s\" (expected header:NAME or json:PATH)",
+                    src);
+        return;
+    }
+    const char *name = src + 7;
+    if (rc->ttl_header != NULL)
+        conf_report(b->ld, &n->pos, "ttl_from: header: is already given (at most one header: and one json:)");
+    else if (!is_token(name))
+        conf_report(b->ld, &n->pos, "ttl_from: invalid header name \"%s\"", name);
+    else if (n->argc > 2)
+        conf_report(b->ld, &n->pos, "ttl_from: header:NAME takes no VALUE=TTL pairs");
+    else
+        rc->ttl_header = conf_xstrdup(name);
+}
+
+static void print_ttl_from(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route_cache *rc = obj;
+    if (rc->ttl_header != NULL) {
+        fprintf(out, "%*s%s header:", indent * 4, "", d->name);
+        print_word(out, rc->ttl_header);
+        fputs(";\n", out);
+    }
+    if (rc->ttl_json_path == NULL)
+        return;
+    /* a quoted part joins the bare text next to it: json:"a b.c" is one word */
+    fprintf(out, "%*s%s json:", indent * 4, "", d->name);
+    print_word(out, rc->ttl_json_path);
+    for (size_t i = 0; i < rc->nttl_json_values; i++) {
+        char buf[32];
+        fputc(' ', out);
+        print_word(out, rc->ttl_json_values[i].value);
+        fprintf(out, "=%s", format_value(buf, rc->ttl_json_values[i].ttl_ms, &durations));
+    }
+    fputs(";\n", out);
+}
+
+/* Parts that are always in the key: accepted so a `key` line can read in full. */
+static const char *const key_fixed_parts[] = {"method", "scheme", "host", "path", "query", NULL};
+
+/* One part of a `key` list: len bytes of s. */
+static bool key_part(struct build *b, const struct conf_node *n, const char *s, size_t len,
+                     struct conf_route_cache *rc)
+{
+    char *part = xstrndup(s, len);
+    bool is_ok = true;
+    if (strncmp(part, "header:", 7) == 0) {
+        if (is_token(part + 7)) {
+            /* lowercase: requests are looked up by lowercase names */
+            for (char *p = part + 7; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            *CONF_PUSH(rc->key_headers, rc->nkey_headers) = conf_xstrdup(part + 7);
+        } else {
+            conf_report(b->ld, &n->pos, "key: invalid header name \"%s\"", part + 7);
+            is_ok = false;
+        }
+    } else if (strcmp(part, "body") == 0) {
+        rc->key_body = true;
+    } else {
+        size_t i = 0;
+        while (key_fixed_parts[i] != NULL && strcmp(part, key_fixed_parts[i]) != 0)
+            i++;
+        if (key_fixed_parts[i] == NULL) {
+            conf_report(b->ld, &n->pos,
+                        "key: invalid part \"%s\" (expected method, scheme, host, path, query, body or "
+                        "header:NAME)",
+                        part);
+            is_ok = false;
+        }
+    }
+    free(part);
+    return is_ok;
+}
+
+static void parse_cache_key(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_route_cache *rc = obj;
+    bool is_ok = true;
+    for (size_t i = 1; i < n->argc; i++) {
+        for (const char *p = n->argv[i];; p++) {
+            size_t len = strcspn(p, ",");
+            /* "method, path": a comma may end a word when another follows */
+            bool is_trailing = *p == '\0' && p != n->argv[i] && i + 1 < n->argc;
+            if (len == 0 && !is_trailing) {
+                conf_report(b->ld, &n->pos, "key: empty part in \"%s\"", n->argv[i]);
+                is_ok = false;
+            } else if (len > 0 && !key_part(b, n, p, len, rc)) {
+                is_ok = false;
+            }
+            p += len;
+            if (*p == '\0')
+                break;
+        }
+    }
+    if (report_list_repeats(b, n, "header", rc->key_headers, rc->nkey_headers, sizeof(*rc->key_headers), 0))
+        is_ok = false;
+    if (!is_ok) {
+        /* nothing half-applied: the snapshot is refused anyway, but stays consistent */
+        strings_free(rc->key_headers, rc->nkey_headers);
+        rc->key_headers = NULL;
+        rc->nkey_headers = 0;
+        rc->key_body = false;
+    }
+}
+
+static void print_cache_key(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route_cache *rc = obj;
+    fprintf(out, "%*s%s ", indent * 4, "", d->name);
+    for (size_t i = 0; key_fixed_parts[i] != NULL; i++)
+        fprintf(out, "%s%s", i ? "," : "", key_fixed_parts[i]);
+    if (rc->key_body)
+        fputs(",body", out);
+    for (size_t i = 0; i < rc->nkey_headers; i++) {
+        fputs(",header:", out);
+        print_word(out, rc->key_headers[i]);
+    }
+    fputs(";\n", out);
+}
+
+static void parse_query_ignore(struct build *b, const struct conf_node *n, const struct directive *d,
+                               void *obj)
+{
+    struct conf_route_cache *rc = obj;
+    for (size_t i = 1; i < n->argc; i++) {
+        if (is_visible(n->argv[i], "&=#"))
+            *CONF_PUSH(rc->key_query_ignore, rc->nkey_query_ignore) = conf_xstrdup(n->argv[i]);
+        else
+            conf_report(b->ld, &n->pos, "query_ignore: invalid parameter name \"%s\"", n->argv[i]);
+    }
+    report_list_repeats(b, n, "parameter", rc->key_query_ignore, rc->nkey_query_ignore,
+                        sizeof(*rc->key_query_ignore), 0);
+}
+
+static void print_query_ignore(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route_cache *rc = obj;
+    if (rc->nkey_query_ignore == 0)
+        return;
+    fprintf(out, "%*s%s", indent * 4, "", d->name);
+    for (size_t i = 0; i < rc->nkey_query_ignore; i++) {
+        fputc(' ', out);
+        print_word(out, rc->key_query_ignore[i]);
+    }
+    fputs(";\n", out);
+}
+
+/* A stale window past max_stale would be cut short without a word. */
+static void check_stale_window(struct build *b, const struct conf_node *n, const char *name, uint64_t ms,
+                               uint64_t max_stale_ms)
+{
+    const struct conf_node *k = find_kid(n, name);
+    if (k == NULL || ms <= max_stale_ms)
+        return;
+    char a[32], z[32];
+    conf_report(b->ld, &k->pos, "%s: %s is more than max_stale (%s)", name, format_value(a, ms, &durations),
+                format_value(z, max_stale_ms, &durations));
+}
+
+static void parse_route_cache(struct build *b, const struct conf_node *n, const struct directive *d,
+                              void *obj)
+{
+    struct conf_route *r = obj;
+    struct conf *conf = b->conf;
+    struct conf_route_cache *rc = conf_xcalloc(1, sizeof(*rc));
+    r->cache = rc;
+    rc->pos = n->pos;
+    size_t i = FIND_NAMED(&b->cache_index, conf->caches, conf->ncaches, name, n->argv[1]);
+    if (i == SIZE_MAX)
+        conf_report(b->ld, &n->pos, "unknown cache \"%s\"", n->argv[1]);
+    else
+        rc->cache = &conf->caches[i];
+    apply_defaults(b, CTX_ROUTE_CACHE, rc);
+    if (!n->has_block)
+        return;
+    apply_block(b, CTX_ROUTE_CACHE, n, rc);
+    const struct conf_node *methods = find_kid(n, "methods");
+    if ((rc->methods & CONF_CACHE_METHOD_BIT(HTTP_POST)) && !rc->key_body)
+        conf_report(b->ld, &methods->pos, "methods POST needs the request body in the key (key ... body)");
+    check_stale_window(b, n, "stale_while_revalidate", rc->stale_while_revalidate_ms, rc->max_stale_ms);
+    check_stale_window(b, n, "stale_if_error", rc->stale_if_error_ms, rc->max_stale_ms);
+}
+
+static void print_route_cache(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    if (r->cache != NULL)
+        print_nested(out, indent, d->name, r->cache->cache->name, CTX_ROUTE_CACHE, r->cache);
+}
+
 /* --- the table --- */
 
 #define DIR_VALUE(name_, ctx_, parse_, print_, kind_, type, member, lo_, hi_, def_)                          \
@@ -1062,6 +1562,7 @@ static const struct directive directives[] = {
     DIR_NUMBER("max_connections", CTX_MAIN, struct conf, max_connections, 1, 10000000, "100000"),
     DIR_CUSTOM("admin", CTX_MAIN, CONF_BLOCK_OPTIONAL, 0, 1, ONCE, parse_admin, print_admin, "on"),
     DIR_CUSTOM("upstream", CTX_MAIN, CONF_BLOCK, 1, 1, MULTI | EARLY, parse_upstream, print_upstreams, NULL),
+    DIR_CUSTOM("cache", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, MULTI | EARLY, parse_cache, print_caches, NULL),
     DIR_CUSTOM("server", CTX_MAIN, CONF_BLOCK, 0, 0, MULTI, parse_server, print_servers, NULL),
 
     DIR_CUSTOM("listen", CTX_ADMIN, CONF_NO_BLOCK, 1, 1, ONCE, parse_admin_listen, print_admin_listen,
@@ -1077,6 +1578,9 @@ static const struct directive directives[] = {
     DIR_DURATION("connect_timeout", CTX_UPSTREAM, struct conf_upstream, connect_timeout_ms, 1, MS_DAY, "5s"),
     DIR_DURATION("header_timeout", CTX_UPSTREAM, struct conf_upstream, header_timeout_ms, 1, MS_DAY, "60s"),
     DIR_DURATION("idle_timeout", CTX_UPSTREAM, struct conf_upstream, idle_timeout_ms, 1, MS_DAY, "60s"),
+
+    DIR_SIZE("memory", CTX_CACHE, struct conf_cache, memory, MIB, 1024 * GIB, "256m"),
+    DIR_SIZE("max_object", CTX_CACHE, struct conf_cache, max_object, 1, 128 * GIB, "8m"),
 
     DIR_CUSTOM("listen", CTX_SERVER, CONF_NO_BLOCK, 1, 4, MULTI, parse_listen, print_listens, NULL),
     DIR_CUSTOM("server_name", CTX_SERVER, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, MULTI, parse_server_name,
@@ -1107,6 +1611,27 @@ static const struct directive directives[] = {
                NULL),
     DIR_DURATION("websocket_idle_timeout", CTX_ROUTE, struct conf_route, websocket_idle_timeout_ms, 1,
                  7 * MS_DAY, "300s"),
+    DIR_CUSTOM("cache", CTX_ROUTE, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_route_cache, print_route_cache,
+               NULL),
+
+    DIR_CUSTOM("methods", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_cache_methods,
+               print_cache_methods, "GET HEAD"),
+    DIR_CUSTOM("ttl", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, 2, ONCE, parse_cache_ttl, print_cache_ttl, NULL),
+    DIR_CUSTOM("ttl_status", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_ttl_status,
+               print_ttl_status, NULL),
+    DIR_CUSTOM("ttl_from", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, MULTI, parse_ttl_from,
+               print_ttl_from, NULL),
+    DIR_DURATION("stale_while_revalidate", CTX_ROUTE_CACHE, struct conf_route_cache,
+                 stale_while_revalidate_ms, 0, MAX_TTL, "0s"),
+    DIR_DURATION("stale_if_error", CTX_ROUTE_CACHE, struct conf_route_cache, stale_if_error_ms, 0, MAX_TTL,
+                 "0s"),
+    DIR_DURATION("max_stale", CTX_ROUTE_CACHE, struct conf_route_cache, max_stale_ms, 0, MAX_TTL, "1d"),
+    DIR_CUSTOM("key", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_cache_key,
+               print_cache_key, NULL),
+    DIR_SIZE("key_body_max", CTX_ROUTE_CACHE, struct conf_route_cache, key_body_max, 1, 64 * MIB, "1m"),
+    DIR_FLAG("query_sort", CTX_ROUTE_CACHE, struct conf_route_cache, key_query_sorted, "off"),
+    DIR_CUSTOM("query_ignore", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_query_ignore,
+               print_query_ignore, NULL),
 };
 
 static const struct directive *directive_lookup(const char *name, unsigned ctx)
@@ -1276,6 +1801,7 @@ static void check_conf(struct build *b, const struct conf_node *root)
     if (!has_server)
         conf_report(b->ld, &(struct conf_pos){b->ld->files[0], 0}, "no server block");
     REPORT_REPEATS(b, "upstream", b->conf->upstreams, b->conf->nupstreams, name);
+    REPORT_REPEATS(b, "cache", b->conf->caches, b->conf->ncaches, name);
     check_listens(b);
 }
 
@@ -1302,14 +1828,13 @@ static void server_dispose(struct conf_server *s)
     for (size_t i = 0; i < s->nlistens; i++)
         listen_dispose(&s->listens[i]);
     free(s->listens);
-    for (size_t i = 0; i < s->nnames; i++)
-        free(s->names[i]);
-    free(s->names);
+    strings_free(s->names, s->nnames);
     free(s->process_time_header);
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i].prefix);
         header_ops_free(s->routes[i].req_ops, s->routes[i].nreq_ops);
         header_ops_free(s->routes[i].resp_ops, s->routes[i].nresp_ops);
+        route_cache_free(s->routes[i].cache);
     }
     free(s->routes);
 }
@@ -1328,6 +1853,9 @@ static void conf_free(struct conf *conf)
         free(u->name);
     }
     free(conf->upstreams);
+    for (size_t i = 0; i < conf->ncaches; i++)
+        free(conf->caches[i].name);
+    free(conf->caches);
     for (size_t i = 0; i < conf->nservers; i++)
         server_dispose(&conf->servers[i]);
     free(conf->servers);
@@ -1354,7 +1882,8 @@ static struct conf *build_conf(struct conf_loader *ld, struct conf_node *root, c
         apply_defaults(&b, CTX_ADMIN, conf);
         apply_block(&b, CTX_MAIN, root, conf);
         check_conf(&b, root);
-        free(b.by_name);
+        free(b.upstream_index);
+        free(b.cache_index);
         conf->_files = ld->files;
         conf->_nfiles = ld->nfiles;
         ld->files = NULL;

@@ -73,6 +73,56 @@ struct conf_upstream {
     struct conf_pos pos;
 };
 
+/* `cache NAME { memory; max_object; }` at top level: one store per name,
+ * shared by every worker and kept across reloads while the name stays. */
+struct conf_cache {
+    char *name;
+    uint64_t memory;     /* byte budget of the in-memory tier, default 256m */
+    uint64_t max_object; /* largest response stored, default 8m (<= memory / 8) */
+    struct conf_pos pos;
+};
+
+/* `ttl_status 404=30s 5xx=0 ...`: a status or a class (NXX) and a TTL (0 = never store). */
+struct conf_ttl_status {
+    unsigned lo, hi; /* 404..404, 500..599 */
+    uint64_t ttl_ms;
+};
+
+/* `ttl_from json:data.status completed=1h processing=10s ...` */
+struct conf_ttl_value {
+    char *value;
+    uint64_t ttl_ms;
+};
+
+/* Methods a route caches: bit (1 << llhttp method number). */
+#define CONF_CACHE_METHOD_BIT(m) (1u << (m))
+
+/* The `cache NAME { ... }` (or bare `cache NAME;`) inside a route. */
+struct conf_route_cache {
+    struct conf_cache *cache;     /* resolved reference into conf->caches */
+    uint32_t methods;             /* default GET and HEAD */
+    bool has_ttl;                 /* `ttl D` */
+    uint64_t ttl_ms;              /* used when the origin gives no freshness */
+    bool ttl_override;            /* `ttl D override`: the route's TTL wins over the origin's headers */
+    struct conf_ttl_status *ttl_status; /* `ttl_status`, in conf order, first match wins */
+    size_t nttl_status;
+    char *ttl_header;             /* `ttl_from header:NAME`: seconds, or a duration with unit */
+    char *ttl_json_path;          /* `ttl_from json:a.b.c` (dot path into objects) */
+    struct conf_ttl_value *ttl_json_values; /* value=ttl pairs; a value not listed is not stored */
+    size_t nttl_json_values;
+    uint64_t stale_while_revalidate_ms; /* default 0: only what the origin allows */
+    uint64_t stale_if_error_ms;         /* default 0: only what the origin allows */
+    uint64_t max_stale_ms;              /* cap on any staleness served, default 1d */
+    char **key_headers;           /* `key method,host,path,query,body,header:X-Api-Key,...`: extra request headers */
+    size_t nkey_headers;
+    bool key_body;                /* SHA-256 of the request body in the key (POST caching) */
+    uint64_t key_body_max;        /* `key_body_max SIZE`: larger bodies are not cached, default 1m */
+    bool key_query_sorted;        /* `query_sort on` */
+    char **key_query_ignore;      /* `query_ignore utm_source utm_medium ...` */
+    size_t nkey_query_ignore;
+    struct conf_pos pos;
+};
+
 struct conf_route {
     char *prefix; /* "/v1/chat/completions" */
     size_t prefix_len;
@@ -82,6 +132,7 @@ struct conf_route {
     struct conf_header_op *resp_ops; /* set_response_header / remove_response_header */
     size_t nresp_ops;
     uint64_t websocket_idle_timeout_ms; /* idle timeout of an upgraded tunnel, default 300s */
+    struct conf_route_cache *cache; /* NULL: the route never caches */
     void *runtime; /* left NULL by conf; the proxy hangs its per-route state here */
     struct conf_pos pos;
 };
@@ -123,6 +174,8 @@ struct conf {
 
     struct conf_upstream *upstreams;
     size_t nupstreams;
+    struct conf_cache *caches;
+    size_t ncaches;
     struct conf_server *servers;
     size_t nservers;
 

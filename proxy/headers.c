@@ -127,6 +127,41 @@ bool head_get(const struct head *h, const char *lname, char *out, size_t cap)
     return false;
 }
 
+int head_get_all(const struct head *h, const char *lname, char *out, size_t cap)
+{
+    size_t llen = strlen(lname), n = 0;
+    bool found = false;
+    out[0] = '\0';
+    for (unsigned i = 0; i < h->n; i++) {
+        const struct head_field *f = &h->fields[i];
+        if (!name_is(h, f, lname, llen))
+            continue;
+        size_t vl = value_len(h, f);
+        const char *sep = found ? ", " : "";
+        size_t sl = strlen(sep);
+        if (n + sl + vl >= cap)
+            break;
+        memcpy(out + n, sep, sl);
+        memcpy(out + n + sl, h->store->data + f->value, vl);
+        n += sl + vl;
+        out[n] = '\0';
+        found = true;
+    }
+    return found ? (int)n : -1;
+}
+
+const char *head_field_name(const struct head *h, unsigned i, size_t *len)
+{
+    *len = h->fields[i].name_len;
+    return field_name(h, &h->fields[i]);
+}
+
+const char *head_field_value(const struct head *h, unsigned i, size_t *len)
+{
+    *len = value_len(h, &h->fields[i]);
+    return h->store->data + h->fields[i].value;
+}
+
 /* ---- the request target ---- */
 
 /* Length of "http://" or "https://" at the start of t, else 0. */
@@ -165,6 +200,16 @@ static const char *target_rest(const struct head *h, size_t *len)
     }
     *len = h->first_len - off - alen;
     return head_first(h) + off + alen;
+}
+
+const char *head_target(const struct head *h, size_t *len)
+{
+    const char *rest = target_rest(h, len);
+    if (*len == 0) {
+        *len = 1;
+        return "/";
+    }
+    return rest;
 }
 
 const char *head_target_path(const struct head *h)
@@ -398,6 +443,10 @@ size_t head_build_request(const struct head *h, const struct forward_head *fh, c
         const struct head_field *f = &h->fields[i];
         if (NAME_IS(h, f, "upgrade"))
             upgrade = f;
+        if (fh->drop_conditional && (NAME_IS(h, f, "if-none-match") || NAME_IS(h, f, "if-modified-since") ||
+                                     NAME_IS(h, f, "if-match") || NAME_IS(h, f, "if-unmodified-since") ||
+                                     NAME_IS(h, f, "if-range")))
+            continue;
         if (is_hop_by_hop(h, f) || NAME_IS(h, f, "host") || NAME_IS(h, f, "expect") ||
             NAME_IS(h, f, "x-forwarded-proto") || NAME_IS(h, f, "x-forwarded-host") ||
             (fh->chunked && NAME_IS(h, f, "content-length")) || named_in(h, f, &ct) ||
@@ -425,6 +474,8 @@ size_t head_build_request(const struct head *h, const struct forward_head *fh, c
     if (fh->via)
         puts_(&w, "Via: 1.1 sluice\r\n");
     put_ops(&w, fh->ops, fh->nops, "host");
+    if (fh->extra != NULL)
+        puts_(&w, fh->extra);
     if (fh->chunked)
         puts_(&w, "Transfer-Encoding: chunked\r\n");
     if (fh->upgrade && upgrade != NULL) {
@@ -454,7 +505,7 @@ size_t head_build_response(const struct head *h, const struct reply_head *rh, ch
             continue;
         }
         if (is_hop_by_hop(h, f) || named_in(h, f, &ct) || named_in_ops(h, f, rh->ops, rh->nops) ||
-            (rh->chunked && NAME_IS(h, f, "content-length")))
+            (rh->chunked && NAME_IS(h, f, "content-length")) || (rh->skip_age && NAME_IS(h, f, "age")))
             continue;
         put_field(&w, field_name(h, f), f->name_len, h->store->data + f->value, value_len(h, f));
     }
@@ -471,7 +522,8 @@ size_t head_build_response(const struct head *h, const struct reply_head *rh, ch
         puts_(&w, "Connection: close\r\n");
     else if (rh->keepalive_10)
         puts_(&w, "Connection: keep-alive\r\n");
-    put(&w, "\r\n", 2);
+    if (!rh->no_blank)
+        put(&w, "\r\n", 2);
     return w.overflow ? 0 : w.len;
 }
 

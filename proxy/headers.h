@@ -53,12 +53,21 @@ int head_add(struct head *h, enum head_part part, const char *at, size_t len);
 const char *head_first(const struct head *h);
 /* Copies the first field named lname (lowercase) into out, NUL-terminated.  */
 bool head_get(const struct head *h, const char *lname, char *out, size_t cap);
+/* Every field named lname joined with ", " (RFC 9110 5.3) into out,
+ * NUL-terminated and truncated to cap; its length, or -1 when absent. */
+int head_get_all(const struct head *h, const char *lname, char *out, size_t cap);
+/* Field i's name and value (trailing whitespace trimmed). */
+const char *head_field_name(const struct head *h, unsigned i, size_t *len);
+const char *head_field_value(const struct head *h, unsigned i, size_t *len);
 
 /* Checks the request's Host against RFC 9112 3.2 (exactly one in HTTP/1.1,
  * agreeing with an absolute-form target) and the target form, and writes the
  * host (lowercase, without port) to host.  0, or -1 with a reason for a 400. */
 int head_request_host(const struct head *h, bool is_http10, char *host, size_t cap, char *reason,
                       size_t reason_cap);
+/* The origin-form target (path and query; absolute-form reduced, "/" when
+ * empty) and its length. */
+const char *head_target(const struct head *h, size_t *len);
 /* The origin-form path of the target (absolute-form reduced) and its length
  * up to the query. */
 const char *head_target_path(const struct head *h);
@@ -74,6 +83,8 @@ struct forward_head {
     const struct conf_header_op *ops;
     size_t nops;
     bool has_body, chunked, upgrade;
+    bool drop_conditional; /* leave out the client's If-* fields (sluice revalidates with its own) */
+    const char *extra;     /* complete field lines to add, or NULL */
 };
 
 /* Writes the request head for the upstream into dst; its length, or 0 when
@@ -89,6 +100,8 @@ struct reply_head {
     bool upgrade;      /* 101: keep Upgrade, send Connection: upgrade */
     bool close;        /* Connection: close */
     bool keepalive_10; /* Connection: keep-alive for an HTTP/1.0 client */
+    bool skip_age;     /* leave out Age (a cache computes its own) */
+    bool no_blank;     /* stop before the final blank line (a head stored for later) */
     const char *extra; /* complete header lines to add ("Name: value\r\n"), or NULL */
 };
 

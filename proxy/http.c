@@ -32,8 +32,7 @@
 #include "common/log.h"
 #include "common/outq.h"
 #include "common/strbuf.h"
-#include "proxy/headers.h"
-#include "proxy/proxy.h"
+#include "proxy/conn.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define OUT_LOW_WATER (64 * 1024)
@@ -42,89 +41,13 @@
 #define HEAD_STORE_MAX (BUF_SIZE - 4096)
 #define UPSTREAM_MAX_HEADERS 256
 
-enum conn_state {
-    CS_IDLE,    /* between requests */
-    CS_HEAD,    /* reading a request head */
-    CS_WAIT,    /* head complete, connecting upstream */
-    CS_FORWARD, /* request sent or streaming; response awaited or streaming */
-    CS_LOCAL,   /* a response made here is being written */
-    CS_TUNNEL,  /* after a 101: raw bytes both ways */
-    CS_LINGER,  /* closing: write side shut, draining what the client still sends */
-};
-
-enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL };
-
-struct conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_shutdown_t shutdown_req;
-    int open_handles;
-    struct worker *w;
-    struct listener *l;
-    struct list link;
-    llhttp_t parser;
-    struct outq out;
-    enum conn_state state;
-    enum timer_kind timer_kind;
-    char peer[64];
-
-    /* received, not parsed yet */
-    struct buf *pend;
-    size_t pend_off, pend_len;
-    struct buf *parsing; /* the block llhttp is reading now */
-
-    bool is_reading;
-    bool is_closing;
-    bool want_close;     /* close once the current response is written */
-    bool client_eof;
-    bool read_paused_bp; /* reading stopped by backpressure from the upstream side */
-    bool in_parse;
-    bool is_dispatched; /* the current request was routed */
-
-    /* the generation of the current (or last) request: pinned while the
-     * connection lives, refreshed when a request begins */
-    struct proxy_gen *gen;
-
-    /* current request */
-    const struct conf_server *srv;
-    const struct conf_route *route;
-    struct route_rt *rt;
-    struct stats_counters *rstats;
-    uint64_t t_start;
-    struct head rq;
-    int err_status; /* a limit hit in a parser callback */
-    const char *err_reason;
-    unsigned method;
-    unsigned char http_major, http_minor;
-    bool rq_keepalive, rq_has_body, rq_chunked, rq_expect, rq_upgrade, rq_body_done, rq_trailers;
-    uint64_t rq_body_bytes, bytes_in;
-    char host[256];
-
-    /* upstream exchange */
-    struct upstream_target *target;
-    struct upstream_conn *uc;
-    llhttp_t rparser;
-    struct head rs;
-    struct buf *up_parsing;
-    unsigned status;
-    bool rs_started, rs_head_sent, rs_done, rs_interim, rs_upgrade, rs_trailers;
-    bool rs_chunk_out;  /* client gets chunked encoding */
-    bool rs_rechunk;    /* upstream body is close-delimited: each read becomes a chunk */
-    bool up_read_paused_bp;
-    bool up_reused, retried;
-    uint64_t t_sent;
-    uint64_t bytes_out_start;
-};
-
 static const llhttp_settings_t request_settings;
 static const llhttp_settings_t response_settings;
 
 static void conn_read_start(struct conn *c);
 static void conn_read_stop(struct conn *c);
 static void conn_close(struct conn *c);
-static void conn_abort(struct conn *c, enum stats_error why);
 static void parse_pending(struct conn *c);
-static void req_done(struct conn *c);
 static void up_detach(struct conn *c, bool reusable);
 static void up_read_start(struct conn *c);
 
@@ -168,7 +91,7 @@ static const char *process_time_name(const struct conn *c)
     return c->srv != NULL ? c->srv->process_time_header : "X-Process-Time";
 }
 
-static int process_time_line(const struct conn *c, char *dst, size_t cap)
+int process_time_line(const struct conn *c, char *dst, size_t cap)
 {
     const char *name = process_time_name(c);
     if (name == NULL || c->t_start == 0)
@@ -177,7 +100,7 @@ static int process_time_line(const struct conn *c, char *dst, size_t cap)
     return snprintf(dst, cap, "%s: %.3fms\r\n", name, ms);
 }
 
-static void count_status(struct conn *c, unsigned status)
+void count_status(struct conn *c, unsigned status)
 {
     c->status = status;
     if (c->rstats != NULL)
@@ -186,7 +109,7 @@ static void count_status(struct conn *c, unsigned status)
         STATS_INC(c->w->proc->status[status / 100 <= 5 ? status / 100 : 0]);
 }
 
-static bool client_is_http11(const struct conn *c)
+bool client_is_http11(const struct conn *c)
 {
     return c->http_major == 1 && c->http_minor >= 1;
 }
@@ -222,9 +145,7 @@ static void respond_local(struct conn *c, unsigned status, const char *ctype, co
     req_done(c);
 }
 
-static void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
+void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
 {
     char body[512];
     int n = snprintf(body, sizeof(body), "%u %s: ", status, reason_phrase(status));
@@ -249,6 +170,7 @@ static void on_conn_closed(uv_handle_t *h)
     outq_dispose(&c->out);
     head_dispose(&c->rq);
     head_dispose(&c->rs);
+    free(c->key);
     free(c);
     w->nconns--;
     atomic_fetch_sub_explicit(&proxy_info.connections, 1, memory_order_relaxed);
@@ -269,6 +191,7 @@ static void conn_close(struct conn *c)
     if (c->is_closing)
         return;
     c->is_closing = true;
+    cached_release(c);
     if (c->uc != NULL)
         up_detach(c, false);
     if (c->pend != NULL) {
@@ -284,7 +207,7 @@ static void conn_close(struct conn *c)
 
 /* A broken exchange: the client must not take what it got for a complete
  * response, so the connection closes at once. */
-static void conn_abort(struct conn *c, enum stats_error why)
+void conn_abort(struct conn *c, enum stats_error why)
 {
     if (c->rstats != NULL)
         STATS_INC(c->rstats->errors[why]);
@@ -365,8 +288,9 @@ static void req_reset(struct conn *c)
     c->host[0] = '\0';
 }
 
-static void req_done(struct conn *c)
+void req_done(struct conn *c)
 {
+    cached_release(c);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
     struct stats_counters *rs = c->rstats;
     if (rs != NULL) {
@@ -443,7 +367,6 @@ static void up_on_timer(uv_timer_t *t);
 static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk);
 static void up_on_write_done(struct outq *q, int status);
 static void up_send_request(struct conn *c);
-static void req_forward(struct conn *c);
 
 static struct stats_counters *server_stats(struct conn *c)
 {
@@ -520,6 +443,8 @@ static void up_fail(struct conn *c, enum stats_error why, int err)
         STATS_INC(c->rstats->errors[why]);
     const char *name = c->target->srv->key;
     LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name, upstream_error_text(err));
+    if (c->rc != NULL && cached_upstream_failed(c))
+        return;
     if (c->rs_head_sent) {
         conn_abort(c, why);
         return;
@@ -558,7 +483,7 @@ static void up_on_connect(struct upstream_conn *uc, int status)
     up_send_request(c);
 }
 
-static void req_forward(struct conn *c)
+void req_forward(struct conn *c)
 {
     c->state = CS_WAIT;
     c->target = upstream_group_pick(c->rt->group);
@@ -589,7 +514,10 @@ static void up_send_request(struct conn *c)
     struct upstream_conn *uc = c->uc;
     const struct conf_upstream *cu = c->rt->group->conf;
     struct buf *blk = buf_get();
+    char validators[1024];
     struct forward_head fh = {
+        .drop_conditional = c->entry != NULL,
+        .extra = c->rc != NULL ? cached_request_extra(c, validators, sizeof(validators)) : NULL,
         .method = llhttp_method_name(c->method),
         .host = c->host[0] ? c->host : c->target->conf->name,
         .client_ip = c->peer,
@@ -698,8 +626,13 @@ static void resp_write_head(struct conn *c)
         c->want_close = true;
     if (c->rs_upgrade)
         c->want_close = false;
-    char ptime[128] = "";
-    process_time_line(c, ptime, sizeof(ptime));
+    char extra[1024];
+    size_t nextra = c->rc != NULL ? cached_response_head(c, extra, sizeof(extra)) : 0;
+    extra[nextra] = '\0';
+    if (c->rs_swallow || c->rs_revalidated)
+        return; /* a stored response answers once this one is over */
+    process_time_line(c, extra + nextra, sizeof(extra) - nextra);
+    const char *ptime = extra;
     struct reply_head rh = {
         .status = status,
         .ops = c->route->resp_ops,
@@ -776,10 +709,11 @@ static int rs_on_chunk_header(llhttp_t *p)
     struct conn *c = p->data;
     if (p->content_length == 0)
         c->rs_trailers = true;
-    if (c->rs_chunk_out && !c->rs_rechunk) {
+    if (c->rs_chunk_out && !c->rs_rechunk && !c->rs_swallow) {
         char line[32];
         int n = snprintf(line, sizeof(line), "%llx\r\n", (unsigned long long)p->content_length);
         outq_add_copy(&c->out, line, (size_t)n);
+        cached_body(c, line, (size_t)n);
     }
     return 0;
 }
@@ -787,22 +721,30 @@ static int rs_on_chunk_header(llhttp_t *p)
 static int rs_on_chunk_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
-    if (c->rs_chunk_out && !c->rs_rechunk)
+    if (c->rs_chunk_out && !c->rs_rechunk && !c->rs_swallow) {
         outq_add_static(&c->out, "\r\n", 2);
+        cached_body(c, "\r\n", 2);
+    }
     return 0;
 }
 
 static int rs_on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    if (c->rs_swallow)
+        return 0;
     if (c->rs_rechunk) {
         char line[32];
         int n = snprintf(line, sizeof(line), "%zx\r\n", len);
         outq_add_copy(&c->out, line, (size_t)n);
+        cached_body(c, line, (size_t)n);
     }
     outq_add_ref(&c->out, c->up_parsing, at, len);
-    if (c->rs_rechunk)
+    cached_body(c, at, len);
+    if (c->rs_rechunk) {
         outq_add_static(&c->out, "\r\n", 2);
+        cached_body(c, "\r\n", 2);
+    }
     return 0;
 }
 
@@ -826,8 +768,10 @@ static int rs_on_message_complete(llhttp_t *p)
     /* after a 101 llhttp goes on to HPE_PAUSED_UPGRADE: the tunnel starts there */
     if (c->rs_upgrade)
         return 0;
-    if (c->rs_chunk_out && c->rs_rechunk)
+    if (c->rs_chunk_out && c->rs_rechunk && !c->rs_swallow) {
         outq_add_static(&c->out, "0\r\n\r\n", 5);
+        cached_body(c, "0\r\n\r\n", 5);
+    }
     c->rs_done = true;
     return HPE_PAUSED;
 }
@@ -852,6 +796,8 @@ static void resp_finish(struct conn *c, bool leftover)
 {
     bool reusable = !leftover && c->rq_body_done && llhttp_should_keep_alive(&c->rparser);
     up_detach(c, reusable);
+    if (c->rc != NULL && cached_response_done(c))
+        return;
     if (outq_flush(&c->out) != 0) {
         conn_abort(c, STATS_ERR_CLIENT_CLOSED);
         return;
@@ -880,10 +826,13 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
             return;
         }
         /* a close-delimited body ends here */
-        if (nread == UV_EOF && c->rs_head_sent && llhttp_message_needs_eof(&c->rparser) &&
-            llhttp_finish(&c->rparser) == HPE_OK && c->rs_done) {
-            resp_finish(c, true);
-            return;
+        if (nread == UV_EOF && c->rs_head_sent && llhttp_message_needs_eof(&c->rparser)) {
+            /* our on_message_complete pauses, so a clean end reads as HPE_PAUSED */
+            llhttp_errno_t fin = llhttp_finish(&c->rparser);
+            if ((fin == HPE_OK || fin == HPE_PAUSED) && c->rs_done) {
+                resp_finish(c, true);
+                return;
+            }
         }
         up_fail(c, STATS_ERR_UPSTREAM_CLOSED, (int)nread);
         return;
@@ -960,6 +909,8 @@ static void client_on_write_done(struct outq *q, int status)
     } else if (c->timer_kind == TK_SEND) {
         timer_set(c, TK_SEND, c->srv->send_timeout_ms); /* progress: the stall clock restarts */
     }
+    if (c->join != NULL)
+        cached_client_drained(c);
 }
 
 /* ---- tunnel (after 101 Switching Protocols) ---- */
@@ -1179,6 +1130,12 @@ static void req_dispatch(struct conn *c)
     c->rq_expect = head_expects_continue(&c->rq);
     if (c->rq_has_body)
         timer_set(c, TK_BODY, c->srv->client_body_timeout_ms);
+    if (c->route->cache != NULL && cached_begin(c))
+        return;
+    if (c->rc != NULL && c->rqf.cc.only_if_cached) {
+        respond_error(c, 504, "only-if-cached and the cache has no usable response");
+        return;
+    }
     req_forward(c);
 }
 

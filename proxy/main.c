@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
 #include "common/log.h"
 #include "proxy/proxy.h"
 
@@ -86,6 +87,12 @@ static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *gr
             snprintf(rt->name, len, "%s%s", sname, r->prefix);
             rt->stats = stats_set_get("route", rt->name);
             rt->group = &groups[r->upstream - conf->upstreams];
+            if (r->cache != NULL) {
+                rt->store = cache_get(r->cache->cache->name, r->cache->cache->memory, r->cache->cache->max_object,
+                                      4 * conf->workers);
+                if (rt->store == NULL)
+                    abort(); /* a few control structures: only failing malloc gets here */
+            }
             r->runtime = rt;
         }
     }
@@ -423,6 +430,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&M.sig_hup, NULL);
     uv_run(&M.loop, UV_RUN_DEFAULT);
     uv_loop_close(&M.loop);
+    cache_shutdown_all();
     if (M.exit_code == 0)
         log_info("main", "stopped");
     return M.exit_code;

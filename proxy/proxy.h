@@ -31,10 +31,13 @@
 
 #define SLUICE_VERSION "0.1.0"
 
+struct cache;
+
 struct route_rt {
     char *name; /* stats key: "<server name or listen>/<prefix>" */
     struct stats_set *stats;
     struct upstream_group *group;
+    struct cache *store; /* the route's cache store, NULL when it does not cache */
 };
 
 struct proxy_gen {
@@ -84,6 +87,7 @@ struct worker {
     struct list listeners;
     struct list conns;
     unsigned nconns;
+    struct list woken; /* connections a cache fill woke (under lock) */
     struct upstream_pool *pool;
     struct stats_counters *proc; /* this worker's slot of the "process" set */
     bool is_draining;

@@ -14,7 +14,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/outq.h"
-#include "proxy/proxy.h"
+#include "proxy/conn.h"
 
 int listen_socket_open(const struct sockaddr *addr, socklen_t len)
 {
@@ -42,6 +42,7 @@ void worker_init(struct worker *w, unsigned id)
     list_init(&w->inbox);
     list_init(&w->listeners);
     list_init(&w->conns);
+    list_init(&w->woken);
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -173,6 +174,7 @@ static void on_inbox(uv_async_t *a)
         }
         free(m);
     }
+    cached_run_woken(w);
     worker_maybe_stop(w);
 }
 

@@ -163,6 +163,11 @@ void stats_sum(struct stats_set *set, struct stats_total *out)
         out->pool_reuse += ld(&c->pool_reuse);
         out->pool_new += ld(&c->pool_new);
         out->retries_idle += ld(&c->retries_idle);
+        out->cache_hit += ld(&c->cache_hit);
+        out->cache_miss += ld(&c->cache_miss);
+        out->cache_stale += ld(&c->cache_stale);
+        out->cache_revalidated += ld(&c->cache_revalidated);
+        out->cache_coalesced += ld(&c->cache_coalesced);
         for (unsigned i = 0; i < STATS_ERR__COUNT; i++)
             out->errors[i] += ld(&c->errors[i]);
         hist_merge(&out->latency, &c->latency);
@@ -186,9 +191,16 @@ static void render_set(struct strbuf *sb, struct stats_set *set)
                   t.requests, t.status[1], t.status[2], t.status[3], t.status[4], t.status[5], t.status[0]);
     strbuf_printf(sb,
                   ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ",\"active\":%" PRId64
-                  ",\"pool_reuse\":%" PRIu64 ",\"pool_new\":%" PRIu64 ",\"retries_idle\":%" PRIu64
-                  ",\"errors\":{",
+                  ",\"pool_reuse\":%" PRIu64 ",\"pool_new\":%" PRIu64 ",\"retries_idle\":%" PRIu64,
                   t.bytes_in, t.bytes_out, t.active, t.pool_reuse, t.pool_new, t.retries_idle);
+    if (t.cache_hit + t.cache_miss + t.cache_stale + t.cache_revalidated + t.cache_coalesced > 0) {
+        /* only sets that saw cache traffic carry the block: keeps plain routes short */
+        strbuf_printf(sb,
+                      ",\"cache\":{\"hit\":%" PRIu64 ",\"miss\":%" PRIu64 ",\"stale\":%" PRIu64
+                      ",\"revalidated\":%" PRIu64 ",\"coalesced\":%" PRIu64 "}",
+                      t.cache_hit, t.cache_miss, t.cache_stale, t.cache_revalidated, t.cache_coalesced);
+    }
+    strbuf_puts(sb, ",\"errors\":{");
     for (unsigned i = 0; i < STATS_ERR__COUNT; i++)
         strbuf_printf(sb, "%s\"%s\":%" PRIu64, i ? "," : "", stats_error_names[i], t.errors[i]);
     const struct hist_snapshot *l = &t.latency;

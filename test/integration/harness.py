@@ -15,6 +15,7 @@ between their tests with shared(), which are stopped when the module is done.
 Output: "ok NAME" or "FAIL NAME: reason" per test, then "N passed, N failed".
 """
 
+import atexit
 import glob
 import hashlib
 import importlib.util
@@ -73,7 +74,16 @@ def run_dir():
     global _run_dir
     if _run_dir is None:
         _run_dir = tempfile.mkdtemp(prefix="sluice-it-")
+        atexit.register(_at_exit)
     return _run_dir
+
+
+def _at_exit():
+    """Also when the harness is used as a library: no process or temp file outlives the run."""
+    for scope in _scopes:
+        _stop_all(scope)
+    if _run_dir and not os.environ.get("SLUICE_KEEP_TMP"):
+        shutil.rmtree(_run_dir, ignore_errors=True)
 
 
 def tmp_path(name):
@@ -159,7 +169,7 @@ class Proc:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout=5):
+    def stop(self, timeout=10):
         """SIGTERM, then SIGKILL if it does not exit in time.  Returns the exit code."""
         if self.alive():
             self.signal(signal.SIGTERM)
@@ -481,27 +491,31 @@ class Client:
         cl = resp.header("Content-Length")
         got = 0
         if "chunked" in te:
-            while True:
-                size_line = self.read_line()
-                try:
-                    size = int(size_line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise TestFailure("bad chunk size line %r" % size_line)
-                if size == 0:
-                    while self.read_line() != b"\r\n":  # trailers
-                        pass
-                    return
-                left = size
-                while left:
-                    if not self.buf and not self._fill():
-                        raise IncompleteResponse("connection closed inside a chunk after %d body bytes" % got, got)
-                    piece = bytes(self.buf[:left])
-                    del self.buf[:len(piece)]
-                    left -= len(piece)
-                    got += len(piece)
-                    yield piece
-                if self.read_exact(2) != b"\r\n":
-                    raise TestFailure("chunk not followed by CRLF")
+            try:
+                while True:
+                    size_line = self.read_line()
+                    try:
+                        size = int(size_line.split(b";")[0].strip(), 16)
+                    except ValueError:
+                        raise TestFailure("bad chunk size line %r" % size_line)
+                    if size == 0:
+                        while self.read_line() != b"\r\n":  # trailers
+                            pass
+                        return
+                    left = size
+                    while left:
+                        if not self.buf and not self._fill():
+                            raise IncompleteResponse("inside a chunk")
+                        piece = bytes(self.buf[:left])
+                        del self.buf[:len(piece)]
+                        left -= len(piece)
+                        got += len(piece)
+                        yield piece
+                    if self.read_exact(2) != b"\r\n":
+                        raise TestFailure("chunk not followed by CRLF")
+            except IncompleteResponse as e:
+                raise IncompleteResponse("connection closed before the last chunk, after %d body bytes (%s)"
+                                         % (got, e), got)
         elif cl is not None:
             left = int(cl)
             while left:
@@ -760,10 +774,7 @@ def main(argv):
         failed += 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        while len(_scopes) > 0:
-            _stop_all(_scopes.pop())
-        if _run_dir and not os.environ.get("SLUICE_KEEP_TMP"):
-            shutil.rmtree(_run_dir, ignore_errors=True)
+        _at_exit()
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

@@ -6,7 +6,6 @@ binary does today."""
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import time
 
@@ -62,6 +61,23 @@ def expect_process_time(r, name="X-Process-Time"):
     check(v is not None and PROCESS_TIME.match(v), "%s: <float>ms on a %d response, got %r" % (name, r.status, v))
 
 
+def origin_conn(r):
+    """The origin connection serial a response came over (X-Origin-Conn, which must pass through)."""
+    v = r.header("X-Origin-Conn")
+    check(v is not None, "X-Origin-Conn passed through (headers %s)" % r.headers)
+    return v
+
+
+def wait_origin_requests(e, n):
+    """Polls the origin until n requests reached it since its last reset (the polls not counted)."""
+    polls = [0]
+
+    def arrived():
+        polls[0] += 1
+        return e.origin.count()["requests"] - polls[0] >= n
+    wait_until(arrived, 5, what="%d request(s) to reach the origin" % n)
+
+
 def origin_headers(echo):
     """Header names the origin saw (lowercase) -> list of values."""
     out = {}
@@ -92,7 +108,7 @@ def keepalive_reuse_on_one_client_connection():
         for i in range(50):
             r = c.get("/hello?i=%d" % i)
             eq(r.status, 200, "status of request %d" % i)
-            conns.add(r.header("X-Origin-Conn"))
+            conns.add(origin_conn(r))
     cnt = e.origin.count()
     check(len(conns) <= 2, "50 requests used %d upstream connections" % len(conns))
     check(cnt["connections"] - 1 <= 2, "origin accepted %d connections" % (cnt["connections"] - 1))
@@ -110,7 +126,7 @@ def upstream_pool_reused_across_client_connections():
         with e.client() as c:
             r = c.get("/hello?c=%d" % i)
             eq(r.status, 200, "status")
-            conns.add(r.header("X-Origin-Conn"))
+            conns.add(origin_conn(r))
     check(len(conns) <= 2, "20 client connections used %d upstream connections" % len(conns))
     check(e.origin.count()["connections"] - 1 <= 2, "origin saw new connections")
     s1 = wait_until(lambda: (lambda s: s if s["pool_reuse"] - s0["pool_reuse"] >= 18 else None)(
@@ -156,6 +172,17 @@ def chunked_and_sized_response_bodies():
             r = c.request("GET", target, sink=chk)
             eq(r.status, 200, target + " status")
             eq(chk.offset, 300001, target + " body length")
+
+
+@test
+def close_delimited_upstream_body_is_rechunked():
+    e = core()
+    with e.client() as c:
+        r = c.get("/bytes?n=100000&eof=1")
+        eq(r.status, 200, "status")
+        eq(len(r.body), 100000, "whole body")
+        eq(r.header("Transfer-Encoding"), "chunked", "re-framed for the client")
+        eq(c.get("/hello").status, 200, "the client connection stays usable")
 
 
 @test
@@ -554,7 +581,7 @@ def websocket_upgrade_tunnels_both_ways():
 # ---------------------------------------------------------------- pooled connection edge cases
 
 @test
-def stale_pooled_connection_is_transparent_for_get():
+def idle_pooled_connection_closed_by_origin_is_transparent():
     e = Env(origin_idle_ms=300)
     with e.client() as c:
         for i in range(3):
@@ -564,7 +591,25 @@ def stale_pooled_connection_is_transparent_for_get():
 
 
 @test
-def post_on_closing_connection_is_502_and_sent_once():
+def stale_pooled_connection_retries_get_but_not_post():
+    """close=next: the origin answers, then drops the connection when the next request arrives on it
+    (the keep-alive race).  A GET is retried on a new connection; a POST is not (RFC 9110 9.2.2)."""
+    e = Env()
+    with e.client() as c:
+        first = c.get("/hello?close=next")
+        eq(first.status, 200, "priming request")
+        r = c.get("/hello")
+        eq(r.status, 200, "GET on the dropped pooled connection")
+        check(origin_conn(r) != origin_conn(first), "the GET was answered on a new upstream connection")
+        eq(c.get("/hello?close=next").status, 200, "priming request")
+        e.origin.reset()
+        r = c.request("POST", "/echo", body=b"p" * 100)
+        eq(r.status, 502, "POST on the dropped pooled connection")
+    eq(e.origin.count()["requests"], 2, "the POST reached the origin once (plus this /count)")
+
+
+@test
+def post_closed_by_origin_is_502_and_sent_once():
     e = Env()
     eq(e.get("/hello").status, 200, "a pooled connection exists")
     e.origin.reset()
@@ -580,9 +625,10 @@ def post_on_closing_connection_is_502_and_sent_once():
 def sighup_reload_keeps_inflight_and_applies_new_conf():
     e = Env()
     gen0 = e.sluice.stats()["conf_generation"]
+    e.origin.reset()
     with e.client() as slow:
         slow.send(build_request("GET", "/slow?ms=1500"))
-        time.sleep(0.3)
+        wait_origin_requests(e, 1)
         e.sluice.reload(basic_conf(e, route='set_response_header X-Gen "2";'))
         r = wait_until(lambda: (lambda r: r if r.header("X-Gen") == "2" else None)(e.get("/hello")), 5,
                        what="a response with the new conf")
@@ -609,9 +655,10 @@ def sighup_with_invalid_conf_keeps_the_old_one():
 @test
 def sigterm_drains_then_exits_0():
     e = Env()
+    e.origin.reset()
     with e.client() as slow:
         slow.send(build_request("GET", "/slow?ms=1000"))
-        time.sleep(0.2)
+        wait_origin_requests(e, 1)
         e.sluice.proc.signal(15)
         wait_until(lambda: not port_open(e.port), 2 * SLOW, what="the listener to close")
         r = slow.read_response()

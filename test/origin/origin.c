@@ -80,8 +80,20 @@ static const char usage_text[] =
     "  /status/CODE           that status\n"
     "  /count, /reset         request and connection counters\n"
     "  /ws                    WebSocket upgrade, then echoes every byte\n"
-    "fault injection on any path: delay=MS close=head|body hang=1 status=CODE\n"
-    "  fail=N&key=K reset=1 interim=1 header=Name:Value (repeatable) cc=VALUE\n";
+    "every response carries X-Origin-Conn (the connection's serial number) and echoes X-Request-Id\n"
+    "fault injection by query parameters on any path (combinable):\n"
+    "  delay=MS               wait before the response head\n"
+    "  close=head             close without answering\n"
+    "  close=body             announce the whole body, send half of it, close\n"
+    "  close=next             answer, then close at the next request on this connection\n"
+    "  hang=1                 never answer\n"
+    "  status=CODE            answer with that status (200..599)\n"
+    "  fail=N&key=K           the first N requests with key K get 503\n"
+    "  reset=1                close with a TCP RST\n"
+    "  interim=1              send 103 Early Hints before the response\n"
+    "  header=Name:Value      add a response header (repeatable)\n"
+    "  cc=VALUE               Cache-Control value\n"
+    "  eof=1                  (/bytes, /stream) no length and no chunks: the body ends with the connection\n";
 
 /* A growable byte buffer with a hard size bound.  The first failure sticks in
  * err and later appends do nothing, so a builder checks once at the end. */
@@ -230,7 +242,9 @@ enum endpoint {
     EP_NOT_FOUND,
 };
 
-enum close_mode { CLOSE_NONE = 0, CLOSE_HEAD, CLOSE_BODY };
+/* close=next answers normally and then drops the connection at its next
+ * request without answering: the stale keep-alive race, made deterministic. */
+enum close_mode { CLOSE_NONE = 0, CLOSE_HEAD, CLOSE_BODY, CLOSE_NEXT };
 
 /* Query parameters of one request; the strings point into storage, a
  * percent-decoded copy of the query string. */
@@ -246,6 +260,7 @@ struct params {
     bool reset;
     bool interim;
     bool chunked;
+    bool eof; /* no length, no chunks: the body ends when the connection closes */
     int status; /* 0 = the endpoint's own */
     bool has_fail;
     uint64_t fail;
@@ -308,6 +323,7 @@ struct conn {
     bool reading;
     bool read_eof;
     bool in_drive;
+    bool drop_next; /* close=next was asked on this connection */
     llhttp_t parser;
     char *rbuf;
     size_t rstart; /* unparsed input is rbuf[rstart, rend) */
@@ -348,43 +364,49 @@ static void timer_cb(uv_timer_t *t);
 
 static const char *reason_phrase(int status)
 {
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 103: return "Early Hints";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 203: return "Non-Authoritative Information";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 426: return "Upgrade Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
-    }
+    static const struct {
+        int status;
+        const char *text;
+    } phrases[] = {
+        {100, "Continue"},
+        {101, "Switching Protocols"},
+        {103, "Early Hints"},
+        {200, "OK"},
+        {201, "Created"},
+        {202, "Accepted"},
+        {203, "Non-Authoritative Information"},
+        {204, "No Content"},
+        {206, "Partial Content"},
+        {301, "Moved Permanently"},
+        {302, "Found"},
+        {303, "See Other"},
+        {304, "Not Modified"},
+        {307, "Temporary Redirect"},
+        {308, "Permanent Redirect"},
+        {400, "Bad Request"},
+        {401, "Unauthorized"},
+        {403, "Forbidden"},
+        {404, "Not Found"},
+        {405, "Method Not Allowed"},
+        {408, "Request Timeout"},
+        {409, "Conflict"},
+        {410, "Gone"},
+        {413, "Content Too Large"},
+        {414, "URI Too Long"},
+        {415, "Unsupported Media Type"},
+        {426, "Upgrade Required"},
+        {429, "Too Many Requests"},
+        {431, "Request Header Fields Too Large"},
+        {500, "Internal Server Error"},
+        {501, "Not Implemented"},
+        {502, "Bad Gateway"},
+        {503, "Service Unavailable"},
+        {504, "Gateway Timeout"},
+    };
+    for (size_t i = 0; i < sizeof phrases / sizeof phrases[0]; i++)
+        if (phrases[i].status == status)
+            return phrases[i].text;
+    return "Unknown";
 }
 
 /* ---- connection lifecycle ---- */
@@ -797,8 +819,10 @@ static const char *params_parse(struct params *p, const char *query, size_t qlen
                 p->close = CLOSE_HEAD;
             else if (strcmp(v, "body") == 0)
                 p->close = CLOSE_BODY;
+            else if (strcmp(v, "next") == 0)
+                p->close = CLOSE_NEXT;
             else
-                return "close must be head or body";
+                return "close must be head, body or next";
         } else if (strcmp(kv, "hang") == 0) {
             p->hang = strcmp(v, "0") != 0;
         } else if (strcmp(kv, "reset") == 0) {
@@ -807,6 +831,8 @@ static const char *params_parse(struct params *p, const char *query, size_t qlen
             p->interim = strcmp(v, "0") != 0;
         } else if (strcmp(kv, "chunked") == 0) {
             p->chunked = strcmp(v, "0") != 0;
+        } else if (strcmp(kv, "eof") == 0) {
+            p->eof = strcmp(v, "0") != 0;
         } else if (strcmp(kv, "status") == 0) {
             if (!parse_status(v, &p->status))
                 return "status must be 200..599";
@@ -842,10 +868,10 @@ static enum endpoint classify(const char *path, size_t len)
         enum endpoint ep;
         bool prefix;
     } routes[] = {
-        {"/", EP_INDEX, false},          {"/hello", EP_HELLO, false},   {"/slow", EP_SLOW, false},
-        {"/stream", EP_STREAM, false},   {"/task/", EP_TASK, true},     {"/echo", EP_ECHO, false},
-        {"/bytes", EP_BYTES, false},     {"/sink", EP_SINK, false},     {"/status/", EP_STATUS, true},
-        {"/count", EP_COUNT, false},     {"/reset", EP_RESET, false},   {"/ws", EP_WS, false},
+        {"/", EP_INDEX, false},        {"/hello", EP_HELLO, false}, {"/slow", EP_SLOW, false},
+        {"/stream", EP_STREAM, false}, {"/task/", EP_TASK, true},   {"/echo", EP_ECHO, false},
+        {"/bytes", EP_BYTES, false},   {"/sink", EP_SINK, false},   {"/status/", EP_STATUS, true},
+        {"/count", EP_COUNT, false},   {"/reset", EP_RESET, false}, {"/ws", EP_WS, false},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         size_t rl = strlen(routes[i].path);
@@ -911,7 +937,9 @@ static bool body_task(const char *id, size_t len, struct obuf *b)
     if (!s->value)
         s->value = now ? now : 1; /* the first request for this id starts the task */
     uint64_t age = now - s->value;
-    const char *status = age < TASK_PENDING_MS ? "pending" : age < TASK_PROCESS_MS ? "processing" : "completed";
+    const char *status = age < TASK_PENDING_MS   ? "pending"
+                         : age < TASK_PROCESS_MS ? "processing"
+                                                 : "completed";
     obuf_printf(b, "{\"id\":\"%s\",\"data\":{\"status\":\"%s\"", key, status);
     if (age >= TASK_PROCESS_MS)
         obuf_printf(b, ",\"result\":\"result of task %s\"", key);
@@ -1014,9 +1042,9 @@ static bool stream_head(struct conn *c, const char *ctype, const char *cc, uint6
     struct job *j = &c->job;
     int status = j->p.status ? j->p.status : 200;
     bool body_allowed = has_body_status(status);
-    bool want_chunked = j->ep == EP_STREAM || j->p.chunked;
+    bool want_chunked = j->ep == EP_STREAM || j->p.chunked || j->p.eof;
     /* HTTP/1.0 has no chunked coding: the body ends with the connection. */
-    j->chunked = want_chunked && !(c->req.http_major == 1 && c->req.http_minor == 0);
+    j->chunked = want_chunked && !j->p.eof && !(c->req.http_major == 1 && c->req.http_minor == 0);
     if (body_allowed && !c->req.is_head && want_chunked && !j->chunked)
         j->close_after = true;
 
@@ -1071,7 +1099,11 @@ static void stream_tick(struct conn *c)
         }
     }
     c->phase = PH_STREAM;
-    uv_timer_start(&c->timer, timer_cb, j->interval_ms, 0);
+    /* Postponed events wait at least a little, or ms=0 would spin the loop. */
+    uint64_t wait = j->interval_ms;
+    if (j->sent < j->limit && write_queue(c) > WRITE_HIGH && wait < 10)
+        wait = 10;
+    uv_timer_start(&c->timer, timer_cb, wait, 0);
 }
 
 static void stream_start(struct conn *c)
@@ -1134,8 +1166,10 @@ static void ws_accept(struct conn *c)
 
     struct obuf *o = &c->out;
     obuf_reset(o);
-    obuf_printf(o, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Accept: %s\r\n", (const char *)accept);
+    obuf_printf(o,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Accept: %s\r\n",
+                (const char *)accept);
     add_conn_headers(c, o);
     obuf_puts(o, "\r\n");
     if (o->err || send_copy(c, o->data, o->len) < 0)
@@ -1160,6 +1194,8 @@ static void respond(struct conn *c)
         conn_reset(c);
         return;
     }
+    if (j->p.close == CLOSE_NEXT)
+        c->drop_next = true;
     if (j->p.interim && send_str(c, "HTTP/1.1 103 Early Hints\r\nLink: </hello>; rel=preload\r\n\r\n") < 0)
         return;
     if (j->p.has_fail) {
@@ -1192,6 +1228,10 @@ static void dispatch(struct conn *c, bool upgrade)
     struct request *r = &c->req;
     if (c->phase != PH_READ)
         return;
+    if (c->drop_next) {
+        conn_close(c);
+        return;
+    }
     job_reset(c);
     const char *q = memchr(r->url.data, '?', r->url.len);
     size_t plen = q ? (size_t)(q - r->url.data) : r->url.len;
@@ -1577,6 +1617,8 @@ static void on_connection(uv_stream_t *server, int status)
 
 static void on_signal(uv_signal_t *s, int signum)
 {
+    if (uv_is_closing((uv_handle_t *)&g.listener))
+        return;
     log_info("origin", "signal %d: exiting", signum);
     uv_close((uv_handle_t *)&g.listener, NULL);
     uv_close((uv_handle_t *)&g.sigterm, NULL);

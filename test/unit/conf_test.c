@@ -7,6 +7,8 @@
 #include <stdarg.h>
 #include <sys/stat.h>
 
+#include <llhttp.h>
+
 #include "conf/conf.h"
 
 #include "test/unit/test.h"
@@ -90,6 +92,54 @@ static void assert_ops_equal(const struct conf_header_op *a, size_t na, const st
     }
 }
 
+static void assert_cache_equal(const struct conf_cache *a, const struct conf_cache *b)
+{
+    ASSERT_STR_EQ(a->name, b->name);
+    ASSERT_EQ(a->memory, b->memory);
+    ASSERT_EQ(a->max_object, b->max_object);
+}
+
+static void assert_strings_equal(char *const *a, size_t na, char *const *b, size_t nb)
+{
+    ASSERT_EQ(na, nb);
+    for (size_t i = 0; i < na; i++)
+        ASSERT_STR_EQ(a[i], b[i]);
+}
+
+static void assert_route_cache_equal(const struct conf_route_cache *a, const struct conf_route_cache *b)
+{
+    ASSERT_EQ(a == NULL, b == NULL);
+    if (a == NULL)
+        return;
+    assert_cache_equal(a->cache, b->cache);
+    ASSERT_EQ(a->methods, b->methods);
+    ASSERT_EQ(a->has_ttl, b->has_ttl);
+    ASSERT_EQ(a->ttl_ms, b->ttl_ms);
+    ASSERT_EQ(a->ttl_override, b->ttl_override);
+    ASSERT_EQ(a->nttl_status, b->nttl_status);
+    for (size_t i = 0; i < a->nttl_status; i++) {
+        ASSERT_EQ(a->ttl_status[i].lo, b->ttl_status[i].lo);
+        ASSERT_EQ(a->ttl_status[i].hi, b->ttl_status[i].hi);
+        ASSERT_EQ(a->ttl_status[i].ttl_ms, b->ttl_status[i].ttl_ms);
+    }
+    ASSERT_OPT_STR_EQ(a->ttl_header, b->ttl_header);
+    ASSERT_OPT_STR_EQ(a->ttl_json_path, b->ttl_json_path);
+    ASSERT_EQ(a->nttl_json_values, b->nttl_json_values);
+    for (size_t i = 0; i < a->nttl_json_values; i++) {
+        ASSERT_STR_EQ(a->ttl_json_values[i].value, b->ttl_json_values[i].value);
+        ASSERT_EQ(a->ttl_json_values[i].ttl_ms, b->ttl_json_values[i].ttl_ms);
+    }
+    ASSERT_EQ(a->stale_while_revalidate_ms, b->stale_while_revalidate_ms);
+    ASSERT_EQ(a->stale_if_error_ms, b->stale_if_error_ms);
+    ASSERT_EQ(a->max_stale_ms, b->max_stale_ms);
+    assert_strings_equal(a->key_headers, a->nkey_headers, b->key_headers, b->nkey_headers);
+    ASSERT_EQ(a->key_body, b->key_body);
+    ASSERT_EQ(a->key_body_max, b->key_body_max);
+    ASSERT_EQ(a->key_query_sorted, b->key_query_sorted);
+    assert_strings_equal(a->key_query_ignore, a->nkey_query_ignore, b->key_query_ignore,
+                         b->nkey_query_ignore);
+}
+
 /* Every field but positions, path and generation. */
 static void assert_conf_equal(const struct conf *a, const struct conf *b)
 {
@@ -120,6 +170,9 @@ static void assert_conf_equal(const struct conf *a, const struct conf *b)
         ASSERT_EQ(x->header_timeout_ms, y->header_timeout_ms);
         ASSERT_EQ(x->idle_timeout_ms, y->idle_timeout_ms);
     }
+    ASSERT_EQ(a->ncaches, b->ncaches);
+    for (size_t i = 0; i < a->ncaches; i++)
+        assert_cache_equal(&a->caches[i], &b->caches[i]);
     ASSERT_EQ(a->nservers, b->nservers);
     for (size_t i = 0; i < a->nservers; i++) {
         const struct conf_server *x = &a->servers[i], *y = &b->servers[i];
@@ -148,6 +201,7 @@ static void assert_conf_equal(const struct conf *a, const struct conf *b)
             assert_ops_equal(p->req_ops, p->nreq_ops, q->req_ops, q->nreq_ops);
             assert_ops_equal(p->resp_ops, p->nresp_ops, q->resp_ops, q->nresp_ops);
             ASSERT_EQ(p->websocket_idle_timeout_ms, q->websocket_idle_timeout_ms);
+            assert_route_cache_equal(p->cache, q->cache);
         }
     }
 }
@@ -473,6 +527,15 @@ TEST(embedded_default)
     conf_unref(c);
 }
 
+/* The route of the first server with that prefix; fails the test if none. */
+static const struct conf_route *route_named(const struct conf *c, const char *prefix)
+{
+    for (size_t i = 0; i < c->servers[0].nroutes; i++)
+        if (strcmp(c->servers[0].routes[i].prefix, prefix) == 0)
+            return &c->servers[0].routes[i];
+    TEST_FAIL("no route %s", prefix);
+}
+
 TEST(demo_conf_file_loads)
 {
     struct conf *c = conf_load_file("conf/sluice.conf", stderr);
@@ -488,6 +551,19 @@ TEST(demo_conf_file_loads)
         has_root |= strcmp(r->prefix, "/") == 0;
     }
     ASSERT(has_task && has_stream && has_root);
+    ASSERT_EQ(c->ncaches, 1);
+    ASSERT_STR_EQ(c->caches[0].name, "main");
+    const struct conf_route *hello = route_named(c, "/hello"), *task = route_named(c, "/task/");
+    /* plain RFC 9111 caching */
+    ASSERT(hello->cache != NULL && hello->cache->cache == &c->caches[0]);
+    ASSERT(!hello->cache->has_ttl && hello->cache->ttl_json_path == NULL && hello->cache->nttl_status == 0);
+    ASSERT_STR_EQ(task->cache->ttl_json_path, "data.status");
+    ASSERT_EQ(task->cache->nttl_json_values, 3);
+    ASSERT_STR_EQ(task->cache->ttl_json_values[0].value, "completed");
+    ASSERT_EQ(task->cache->ttl_json_values[0].ttl_ms, 3600000);
+    ASSERT_GT(task->cache->stale_while_revalidate_ms, 0);
+    ASSERT_GT(task->cache->stale_if_error_ms, 0);
+    ASSERT(route_named(c, "/stream")->cache == NULL);
     assert_round_trip(c);
     conf_unref(c);
 }
@@ -753,21 +829,9 @@ TEST(directive_errors)
 TEST(future_directives_not_supported_yet)
 {
     static const char *const names[] = {
-        "cache",
-        "limit",
-        "redis",
-        "analytics",
-        "access_log",
-        "retry",
-        "retry_budget",
-        "breaker",
-        "health_check",
-        "deadline",
-        "fallback",
-        "max_inflight",
-        "retry_non_idempotent",
-        "tls_verify",
-        "tls_ca",
+        "limit",      "redis",        "analytics", "access_log", "retry",        "retry_budget",
+        "breaker",    "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent",
+        "tls_verify", "tls_ca",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char text[512], want[128];
@@ -1060,15 +1124,17 @@ TEST(many_errors_in_one_run)
         "    route /x { upstream missing; }\n"
         "    route y { upstream a; }\n"
         "}\n"
-        "cache main { memory 1m; }\n",
-        /* upstream blocks are applied first, so routes can name any of them */
+        "cache main { memory 1k; }\n"
+        "limit main { rate 1/s; }\n",
+        /* upstream and cache blocks are applied first, so routes can name any of them */
         "t.conf:3: server: invalid address \"nohost\" (expected HOST:PORT or [IPv6]:PORT)\n"
+        "t.conf:10: memory: 1k is out of range (1m..1024g)\n"
         "t.conf:1: workers: 0 is out of range (1..128)\n"
         "t.conf:2: unknown directive \"bogus\"\n"
         "t.conf:6: max_body_size: invalid size \"1x\": expected a number with an optional k, m or g suffix\n"
         "t.conf:7: unknown upstream \"missing\"\n"
         "t.conf:8: route: invalid prefix \"y\" (must start with \"/\"; no spaces, \"?\" or \"#\")\n"
-        "t.conf:10: directive \"cache\" is not supported yet\n");
+        "t.conf:11: directive \"limit\" is not supported yet\n");
 }
 
 TEST(error_output_is_capped)
@@ -1439,6 +1505,510 @@ TEST(print_round_trip_odd_values)
     ASSERT_STR_EQ(c->servers[0].listens[1].tls_key, "k$");
     assert_round_trip(c);
     conf_unref(c);
+}
+
+/* --- cache --- */
+
+static const char cache_conf[] =
+    "upstream u { server 127.0.0.1:81; }\n"
+    "server {\n"
+    "    listen 8080;\n"
+    "    route /hello { upstream u; cache main; }\n"
+    "    route /v1/chat {\n"
+    "        upstream u;\n"
+    "        cache main {\n"
+    "            methods POST GET;\n"
+    "            ttl 1h override;\n"
+    "            ttl_status 404=30s 5XX=0 200=1h 4xx=5s;\n"
+    "            ttl_from header:X-Cache-TTL;\n"
+    "            ttl_from json:data.status completed=1h processing=10s \"in progress\"=2s \"\"=1s a=b=0s;\n"
+    "            stale_while_revalidate 30s;\n"
+    "            stale_if_error 10m;\n"
+    "            max_stale 2d;\n"
+    "            key method,host,path body header:X-Api-Key \"header:Authorization,query\";\n"
+    "            key_body_max 4m;\n"
+    "            query_sort on;\n"
+    "            query_ignore utm_source utm_medium \"a%20b\";\n"
+    "        }\n"
+    "    }\n"
+    "    route /task/ { upstream u; cache small { ttl 5m; ttl_from json:\"job.the state\" done=1d; } }\n"
+    "}\n"
+    "# defined after the routes that use them: cache blocks are applied first\n"
+    "cache main { memory 512m; max_object 16m; }\n"
+    "cache small { memory 1m; }\n"
+    "cache unused;\n";
+
+TEST(cache_every_value)
+{
+    struct conf *c = load_ok(cache_conf);
+    ASSERT_EQ(c->ncaches, 3);
+    ASSERT_STR_EQ(c->caches[0].name, "main");
+    ASSERT_EQ(c->caches[0].memory, 512 << 20);
+    ASSERT_EQ(c->caches[0].max_object, 16 << 20);
+    ASSERT_EQ(c->caches[0].pos.line, 25);
+    /* the default max_object shrinks to an eighth of a small budget */
+    ASSERT_STR_EQ(c->caches[1].name, "small");
+    ASSERT_EQ(c->caches[1].memory, 1 << 20);
+    ASSERT_EQ(c->caches[1].max_object, 128 << 10);
+    /* a cache no route uses is fine, with the defaults */
+    ASSERT_STR_EQ(c->caches[2].name, "unused");
+    ASSERT_EQ(c->caches[2].memory, 256 << 20);
+    ASSERT_EQ(c->caches[2].max_object, 8 << 20);
+
+    const struct conf_server *s = &c->servers[0];
+    ASSERT_STR_EQ(s->routes[0].prefix, "/v1/chat");
+    const struct conf_route_cache *rc = s->routes[0].cache;
+    ASSERT(rc != NULL);
+    ASSERT(rc->cache == &c->caches[0]);
+    ASSERT_EQ(rc->pos.line, 7);
+    ASSERT_EQ(rc->methods, CONF_CACHE_METHOD_BIT(HTTP_GET) | CONF_CACHE_METHOD_BIT(HTTP_POST));
+    ASSERT_EQ(rc->methods, (1u << 1) | (1u << 3)); /* llhttp's numbers */
+    ASSERT(rc->has_ttl && rc->ttl_override);
+    ASSERT_EQ(rc->ttl_ms, 3600000);
+    ASSERT_EQ(rc->nttl_status, 4);
+    static const struct conf_ttl_status want_status[] = {
+        {404, 404, 30000}, {500, 599, 0}, {200, 200, 3600000}, {400, 499, 5000}};
+    for (size_t i = 0; i < 4; i++) {
+        ASSERT_EQ(rc->ttl_status[i].lo, want_status[i].lo);
+        ASSERT_EQ(rc->ttl_status[i].hi, want_status[i].hi);
+        ASSERT_EQ(rc->ttl_status[i].ttl_ms, want_status[i].ttl_ms);
+    }
+    ASSERT_STR_EQ(rc->ttl_header, "X-Cache-TTL");
+    ASSERT_STR_EQ(rc->ttl_json_path, "data.status");
+    ASSERT_EQ(rc->nttl_json_values, 5);
+    static const struct {
+        const char *value;
+        uint64_t ms;
+    } want_values[] = {
+        {"completed", 3600000}, {"processing", 10000}, {"in progress", 2000}, {"", 1000}, {"a=b", 0}};
+    for (size_t i = 0; i < 5; i++) {
+        ASSERT_STR_EQ(rc->ttl_json_values[i].value, want_values[i].value);
+        ASSERT_EQ(rc->ttl_json_values[i].ttl_ms, want_values[i].ms);
+    }
+    ASSERT_EQ(rc->stale_while_revalidate_ms, 30000);
+    ASSERT_EQ(rc->stale_if_error_ms, 600000);
+    ASSERT_EQ(rc->max_stale_ms, 2 * 86400000ull);
+    ASSERT(rc->key_body);
+    ASSERT_EQ(rc->nkey_headers, 2);
+    ASSERT_STR_EQ(rc->key_headers[0], "x-api-key"); /* lowercase: requests are looked up so */
+    ASSERT_STR_EQ(rc->key_headers[1], "authorization");
+    ASSERT_EQ(rc->key_body_max, 4 << 20);
+    ASSERT(rc->key_query_sorted);
+    ASSERT_EQ(rc->nkey_query_ignore, 3);
+    ASSERT_STR_EQ(rc->key_query_ignore[0], "utm_source");
+    ASSERT_STR_EQ(rc->key_query_ignore[2], "a%20b");
+
+    const struct conf_route_cache *task = s->routes[2].cache;
+    ASSERT_STR_EQ(s->routes[2].prefix, "/task/");
+    ASSERT(task->cache == &c->caches[1]);
+    ASSERT(task->has_ttl && !task->ttl_override);
+    ASSERT_EQ(task->ttl_ms, 300000);
+    ASSERT(task->ttl_header == NULL);
+    ASSERT_STR_EQ(task->ttl_json_path, "job.the state");
+    ASSERT_EQ(task->nttl_json_values, 1);
+    ASSERT_EQ(task->ttl_json_values[0].ttl_ms, 86400000);
+    conf_unref(c);
+}
+
+/* A conf whose only route caches in "main" with body as its block. */
+#define ROUTE_CACHE(body)                                                                                    \
+    "cache main;\n"                                                                                          \
+    "upstream u { server 127.0.0.1:81; }\n"                                                                  \
+    "server { listen 8080; route / { upstream u; cache main { " body " } } }\n"
+
+/* A bare `cache NAME;` is the plain RFC 9111 behaviour. */
+TEST(cache_defaults)
+{
+    struct conf *c =
+        load_ok("cache main;\n"
+                "upstream u { server 127.0.0.1:81; }\n"
+                "server { listen 8080; route / { upstream u; cache main; } route /n { upstream u; } }\n");
+    ASSERT_EQ(c->ncaches, 1);
+    ASSERT_EQ(c->caches[0].memory, 256 << 20);
+    ASSERT_EQ(c->caches[0].max_object, 8 << 20);
+    ASSERT_EQ(c->caches[0].pos.line, 1);
+    ASSERT(c->servers[0].routes[0].cache == NULL); /* /n: a route without cache never caches */
+    const struct conf_route_cache *rc = c->servers[0].routes[1].cache;
+    ASSERT(rc->cache == &c->caches[0]);
+    ASSERT_EQ(rc->pos.line, 3);
+    ASSERT_EQ(rc->methods, CONF_CACHE_METHOD_BIT(HTTP_GET) | CONF_CACHE_METHOD_BIT(HTTP_HEAD));
+    ASSERT(!rc->has_ttl && !rc->ttl_override);
+    ASSERT_EQ(rc->ttl_ms, 0);
+    ASSERT_EQ(rc->nttl_status, 0);
+    ASSERT(rc->ttl_status == NULL);
+    ASSERT(rc->ttl_header == NULL);
+    ASSERT(rc->ttl_json_path == NULL);
+    ASSERT_EQ(rc->nttl_json_values, 0);
+    ASSERT_EQ(rc->stale_while_revalidate_ms, 0);
+    ASSERT_EQ(rc->stale_if_error_ms, 0);
+    ASSERT_EQ(rc->max_stale_ms, 86400000);
+    ASSERT_EQ(rc->nkey_headers, 0);
+    ASSERT(!rc->key_body);
+    ASSERT_EQ(rc->key_body_max, 1 << 20);
+    ASSERT(!rc->key_query_sorted);
+    ASSERT_EQ(rc->nkey_query_ignore, 0);
+    conf_unref(c);
+
+    /* an empty block is the same; so is a block that only names the always-present key parts */
+    c = load_ok("cache main { }\n"
+                "upstream u { server 127.0.0.1:81; }\n"
+                "server { listen 8080; route / { upstream u;\n"
+                "    cache main { key method scheme,host path,query; } } }\n");
+    rc = c->servers[0].routes[0].cache;
+    ASSERT_EQ(rc->methods, CONF_CACHE_METHOD_BIT(HTTP_GET) | CONF_CACHE_METHOD_BIT(HTTP_HEAD));
+    ASSERT(!rc->key_body);
+    ASSERT_EQ(rc->nkey_headers, 0);
+    ASSERT_EQ(rc->max_stale_ms, 86400000);
+    conf_unref(c);
+
+    /* a comma may end a word when another follows */
+    c = load_ok(ROUTE_CACHE("key method, path, header:X-A body;"));
+    rc = c->servers[0].routes[0].cache;
+    ASSERT(rc->key_body);
+    ASSERT_EQ(rc->nkey_headers, 1);
+    ASSERT_STR_EQ(rc->key_headers[0], "x-a");
+    conf_unref(c);
+}
+
+TEST(cache_value_forms)
+{
+    struct conf *c = load_ok("cache main { memory 1g; max_object 128m; }\n"
+                             "upstream u { server 127.0.0.1:81; }\n"
+                             "server { listen 8080; route / { upstream u; cache main {\n"
+                             "    methods HEAD;\n"
+                             "    ttl 365d;\n"
+                             "    ttl_status 599=0s 1xx=1ms;\n"
+                             "    ttl_from json:a x=365d;\n"
+                             "    stale_while_revalidate 365d; stale_if_error 0s; max_stale 365d;\n"
+                             "    key header:A,header:B body;\n"
+                             "    key_body_max 64m;\n"
+                             "    query_sort off;\n"
+                             "} } }\n");
+    ASSERT_EQ(c->caches[0].memory, 1ull << 30);
+    ASSERT_EQ(c->caches[0].max_object, 128 << 20);
+    const struct conf_route_cache *rc = c->servers[0].routes[0].cache;
+    ASSERT_EQ(rc->methods, CONF_CACHE_METHOD_BIT(HTTP_HEAD));
+    ASSERT_EQ(rc->ttl_ms, 365 * 86400000ull);
+    ASSERT(!rc->ttl_override);
+    ASSERT_EQ(rc->ttl_status[0].lo, 599);
+    ASSERT_EQ(rc->ttl_status[0].hi, 599);
+    ASSERT_EQ(rc->ttl_status[1].lo, 100);
+    ASSERT_EQ(rc->ttl_status[1].hi, 199);
+    ASSERT_EQ(rc->ttl_status[1].ttl_ms, 1);
+    ASSERT_STR_EQ(rc->ttl_json_path, "a");
+    ASSERT_EQ(rc->stale_while_revalidate_ms, 365 * 86400000ull);
+    ASSERT_EQ(rc->nkey_headers, 2);
+    ASSERT(rc->key_body);
+    ASSERT_EQ(rc->key_body_max, 64 << 20);
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(cache_errors)
+{
+    static const struct error_case cases[] = {
+        /* top level */
+        {BASE "cache main;\ncache main { memory 1m; }\n",
+         "t.conf:4: cache \"main\" is repeated (first at t.conf:3)\n"},
+        {BASE "cache \"a b\";\n",
+         "t.conf:3: cache: invalid name \"a b\" (letters, digits, \"_\", \"-\" and \".\")\n"},
+        {BASE "cache;\n", "t.conf:3: directive \"cache\" takes 1 argument, got 0\n"},
+        {BASE "cache a b;\n", "t.conf:3: directive \"cache\" takes 1 argument, got 2\n"},
+        {BASE "cache main { memory 1023k; }\n", "t.conf:3: memory: 1023k is out of range (1m..1024g)\n"},
+        {BASE "cache main { memory 1025g; }\n", "t.conf:3: memory: 1025g is out of range (1m..1024g)\n"},
+        {BASE "cache main { memory lots; }\n",
+         "t.conf:3: memory: invalid size \"lots\": expected a number with an optional k, m or g suffix\n"},
+        {BASE "cache main { max_object 0; }\n", "t.conf:3: max_object: 0 is out of range (1..128g)\n"},
+        {BASE "cache main {\n    memory 8m;\n    max_object 2m;\n}\n",
+         "t.conf:5: max_object: 2m is more than memory / 8 (memory 8m, so at most 1m)\n"},
+        {BASE "cache main { max_object 64m; }\n",
+         "t.conf:3: max_object: 64m is more than memory / 8 (memory 256m, so at most 32m)\n"},
+        {BASE "cache main { memory 1m; redis on; }\n",
+         "t.conf:3: directive \"redis\" is not supported yet\n"},
+        {BASE "cache main { ttl 1h; }\n", "t.conf:3: directive \"ttl\" is not allowed here\n"},
+        /* the route's reference */
+        {BASE "server { listen 9000; route /a { upstream u; cache nope; } }\n",
+         "t.conf:3: unknown cache \"nope\"\n"},
+        {BASE "server { listen 9000; route /a { upstream u; cache; } }\n",
+         "t.conf:3: directive \"cache\" takes 1 argument, got 0\n"},
+        {"cache main;\n" BASE "server { listen 9000; route /a { upstream u; cache main;\ncache main; } }\n",
+         "t.conf:5: directive \"cache\" is repeated (first at t.conf:4)\n"},
+        {ROUTE_CACHE("memory 1m;"), "t.conf:3: directive \"memory\" is not allowed here\n"},
+        {ROUTE_CACHE("cache main;"), "t.conf:3: directive \"cache\" is not allowed here\n"},
+        {ROUTE_CACHE("redis on;"), "t.conf:3: directive \"redis\" is not supported yet\n"},
+        {BASE "server { listen 9000; route /a { upstream u; ttl 1h; } }\n",
+         "t.conf:3: directive \"ttl\" is not allowed here\n"},
+        {BASE "server { listen 9000; ttl 1h; }\n", "t.conf:3: directive \"ttl\" is not allowed here\n"},
+        /* methods */
+        {ROUTE_CACHE("methods PUT;"),
+         "t.conf:3: methods: invalid value \"PUT\" (expected GET, HEAD or POST)\n"},
+        {ROUTE_CACHE("methods get;"),
+         "t.conf:3: methods: invalid value \"get\" (expected GET, HEAD or POST)\n"},
+        {ROUTE_CACHE("methods;"), "t.conf:3: directive \"methods\" takes at least 1 argument, got 0\n"},
+        {"cache main;\nupstream u { server 127.0.0.1:81; }\n"
+         "server { listen 8080; route / { upstream u; cache main {\n  ttl 1h;\n  methods GET POST;\n} } }\n",
+         "t.conf:5: methods POST needs the request body in the key (key ... body)\n"},
+        {ROUTE_CACHE("methods POST; key method,header:X-A;"),
+         "t.conf:3: methods POST needs the request body in the key (key ... body)\n"},
+        /* ttl */
+        {ROUTE_CACHE("ttl 0s;"), "t.conf:3: ttl: 0s is out of range (1ms..365d)\n"},
+        {ROUTE_CACHE("ttl 366d;"), "t.conf:3: ttl: 366d is out of range (1ms..365d)\n"},
+        {ROUTE_CACHE("ttl 10;"),
+         "t.conf:3: ttl: invalid duration \"10\": a unit is required: ms, s, m, h or d\n"},
+        {ROUTE_CACHE("ttl 1h forever;"),
+         "t.conf:3: ttl: unknown parameter \"forever\" (expected override)\n"},
+        {ROUTE_CACHE("ttl 1h override now;"), "t.conf:3: directive \"ttl\" takes 1 to 2 arguments, got 3\n"},
+        {ROUTE_CACHE("ttl 1h; ttl 2h;"), "t.conf:3: directive \"ttl\" is repeated (first at t.conf:3)\n"},
+        /* ttl_status */
+        {ROUTE_CACHE("ttl_status 404;"),
+         "t.conf:3: ttl_status: invalid \"404\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 600=1s;"),
+         "t.conf:3: ttl_status: invalid \"600=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 099=1s;"),
+         "t.conf:3: ttl_status: invalid \"099=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 6xx=1s;"),
+         "t.conf:3: ttl_status: invalid \"6xx=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 40x=1s;"),
+         "t.conf:3: ttl_status: invalid \"40x=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 4x=1s;"),
+         "t.conf:3: ttl_status: invalid \"4x=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 4040=1s;"),
+         "t.conf:3: ttl_status: invalid \"4040=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status =1s;"),
+         "t.conf:3: ttl_status: invalid \"=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"},
+        {ROUTE_CACHE("ttl_status 404=10;"),
+         "t.conf:3: ttl_status: invalid duration \"10\": a unit is required: ms, s, m, h or d\n"},
+        {ROUTE_CACHE("ttl_status 404=;"),
+         "t.conf:3: ttl_status: invalid duration \"\": expected a number and a unit: ms, s, m, h or d\n"},
+        {ROUTE_CACHE("ttl_status 404=366d;"), "t.conf:3: ttl_status: 366d is out of range (0s..365d)\n"},
+        {ROUTE_CACHE("ttl_status 404=1s 404=2s;"),
+         "t.conf:3: ttl_status: \"404=2s\" never applies: \"404=1s\" comes first\n"},
+        {ROUTE_CACHE("ttl_status 4xx=1s 200=0 404=2s;"),
+         "t.conf:3: ttl_status: \"404=2s\" never applies: \"4xx=1s\" comes first\n"},
+        {ROUTE_CACHE("ttl_status 4xx=1s 4XX=1s;"),
+         "t.conf:3: ttl_status: \"4XX=1s\" never applies: \"4xx=1s\" comes first\n"},
+        {ROUTE_CACHE("ttl_status;"), "t.conf:3: directive \"ttl_status\" takes at least 1 argument, got 0\n"},
+        {ROUTE_CACHE("ttl_status 404=1s; ttl_status 500=1s;"),
+         "t.conf:3: directive \"ttl_status\" is repeated (first at t.conf:3)\n"},
+        /* ttl_from */
+        {ROUTE_CACHE("ttl_from;"), "t.conf:3: directive \"ttl_from\" takes at least 1 argument, got 0\n"},
+        {ROUTE_CACHE("ttl_from body:x a=1s;"),
+         "t.conf:3: ttl_from: invalid source \"body:x\" (expected header:NAME or json:PATH)\n"},
+        {ROUTE_CACHE("ttl_from X-TTL;"),
+         "t.conf:3: ttl_from: invalid source \"X-TTL\" (expected header:NAME or json:PATH)\n"},
+        {ROUTE_CACHE("ttl_from \"header:a b\";"), "t.conf:3: ttl_from: invalid header name \"a b\"\n"},
+        {ROUTE_CACHE("ttl_from header:;"), "t.conf:3: ttl_from: invalid header name \"\"\n"},
+        {ROUTE_CACHE("ttl_from header:X a=1s;"),
+         "t.conf:3: ttl_from: header:NAME takes no VALUE=TTL pairs\n"},
+        {ROUTE_CACHE("ttl_from header:X; ttl_from header:Y;"),
+         "t.conf:3: ttl_from: header: is already given (at most one header: and one json:)\n"},
+        {ROUTE_CACHE("ttl_from json:a x=1s; ttl_from json:b y=1s;"),
+         "t.conf:3: ttl_from: json: is already given (at most one header: and one json:)\n"},
+        {ROUTE_CACHE("ttl_from json:a;"),
+         "t.conf:3: ttl_from: json:PATH needs at least one VALUE=TTL pair\n"},
+        {ROUTE_CACHE("ttl_from json: x=1s;"),
+         "t.conf:3: ttl_from: invalid JSON path \"\" (object keys separated by \".\", none empty)\n"},
+        {ROUTE_CACHE("ttl_from json:.a x=1s;"),
+         "t.conf:3: ttl_from: invalid JSON path \".a\" (object keys separated by \".\", none empty)\n"},
+        {ROUTE_CACHE("ttl_from json:a. x=1s;"),
+         "t.conf:3: ttl_from: invalid JSON path \"a.\" (object keys separated by \".\", none empty)\n"},
+        {ROUTE_CACHE("ttl_from json:a..b x=1s;"),
+         "t.conf:3: ttl_from: invalid JSON path \"a..b\" (object keys separated by \".\", none empty)\n"},
+        {ROUTE_CACHE("ttl_from json:a done;"),
+         "t.conf:3: ttl_from: invalid pair \"done\" (expected VALUE=TTL such as completed=1h)\n"},
+        {ROUTE_CACHE("ttl_from json:a done=1x;"), "t.conf:3: ttl_from: invalid duration \"1x\": expected a "
+                                                  "number and a unit: ms, s, m, h or d\n"},
+        {ROUTE_CACHE("ttl_from json:a done=400d;"), "t.conf:3: ttl_from: 400d is out of range (0s..365d)\n"},
+        {ROUTE_CACHE("ttl_from json:a done=1s x=1s done=2s;"),
+         "t.conf:3: ttl_from: value \"done\" is repeated\n"},
+        /* stale windows */
+        {ROUTE_CACHE("stale_while_revalidate 2d;"),
+         "t.conf:3: stale_while_revalidate: 2d is more than max_stale (1d)\n"},
+        {"cache main;\nupstream u { server 127.0.0.1:81; }\n"
+         "server { listen 8080; route / { upstream u; cache main {\n"
+         "  stale_if_error 1h;\n  max_stale 30m;\n} } }\n",
+         "t.conf:4: stale_if_error: 1h is more than max_stale (30m)\n"},
+        {ROUTE_CACHE("stale_if_error 366d;"), "t.conf:3: stale_if_error: 366d is out of range (0s..365d)\n"},
+        {ROUTE_CACHE("max_stale 1y;"),
+         "t.conf:3: max_stale: invalid duration \"1y\": expected a number and a unit: ms, s, m, h or d\n"},
+        /* key */
+        {ROUTE_CACHE("key method,,path;"), "t.conf:3: key: empty part in \"method,,path\"\n"},
+        {ROUTE_CACHE("key method,;"), "t.conf:3: key: empty part in \"method,\"\n"},
+        {ROUTE_CACHE("key path method,;"), "t.conf:3: key: empty part in \"method,\"\n"},
+        {ROUTE_CACHE("key ,path;"), "t.conf:3: key: empty part in \",path\"\n"},
+        {ROUTE_CACHE("key \",\" path;"), "t.conf:3: key: empty part in \",\"\n"},
+        {ROUTE_CACHE("key \"\";"), "t.conf:3: key: empty part in \"\"\n"},
+        {ROUTE_CACHE("key method cookie;"),
+         "t.conf:3: key: invalid part \"cookie\" (expected method, scheme, "
+         "host, path, query, body or header:NAME)\n"},
+        {ROUTE_CACHE("key Method;"), "t.conf:3: key: invalid part \"Method\" (expected method, scheme, "
+                                     "host, path, query, body or header:NAME)\n"},
+        {ROUTE_CACHE("key header:;"), "t.conf:3: key: invalid header name \"\"\n"},
+        {ROUTE_CACHE("key \"header:a b\";"), "t.conf:3: key: invalid header name \"a b\"\n"},
+        {ROUTE_CACHE("key header:X-A,header:x-a;"), "t.conf:3: key: header \"x-a\" is repeated\n"},
+        {ROUTE_CACHE("key;"), "t.conf:3: directive \"key\" takes at least 1 argument, got 0\n"},
+        {ROUTE_CACHE("key_body_max 65m;"), "t.conf:3: key_body_max: 65m is out of range (1..64m)\n"},
+        {ROUTE_CACHE("key_body_max 0;"), "t.conf:3: key_body_max: 0 is out of range (1..64m)\n"},
+        {ROUTE_CACHE("query_sort yes;"),
+         "t.conf:3: query_sort: invalid value \"yes\" (expected off or on)\n"},
+        {ROUTE_CACHE("query_ignore \"a&b\";"), "t.conf:3: query_ignore: invalid parameter name \"a&b\"\n"},
+        {ROUTE_CACHE("query_ignore a=;"), "t.conf:3: query_ignore: invalid parameter name \"a=\"\n"},
+        {ROUTE_CACHE("query_ignore \"\";"), "t.conf:3: query_ignore: invalid parameter name \"\"\n"},
+        {ROUTE_CACHE("query_ignore a b a;"), "t.conf:3: query_ignore: parameter \"a\" is repeated\n"},
+        {ROUTE_CACHE("query_ignore a; query_ignore b;"),
+         "t.conf:3: directive \"query_ignore\" is repeated (first at t.conf:3)\n"},
+    };
+    CHECK_ERROR_CASES(cases);
+}
+
+/* An entry can be shadowed by several earlier ones together. */
+TEST(cache_ttl_status_shadowed_by_many)
+{
+    char text[4096] = "cache main;\nupstream u { server 127.0.0.1:81; }\n"
+                      "server { listen 8080; route / { upstream u; cache main { ttl_status";
+    for (int s = 500; s < 600; s++)
+        snprintf(text + strlen(text), sizeof(text) - strlen(text), " %d=1s", s);
+    strcat(text, " 5xx=0; } } }\n");
+    ASSERT_ERRORS(text,
+                  "t.conf:3: ttl_status: \"5xx=0\" never applies: earlier entries match all its statuses\n");
+    /* 99 of them leave one status for the class */
+    text[strlen(text) - strlen(" 599=1s 5xx=0; } } }\n")] = '\0';
+    strcat(text, " 5xx=0; } } }\n");
+    struct conf *c = load_ok(text);
+    ASSERT_EQ(c->servers[0].routes[0].cache->nttl_status, 100);
+    conf_unref(c);
+}
+
+/* One run reports every problem of a cache block, and of the reference too. */
+TEST(cache_errors_in_one_run)
+{
+    ASSERT_ERRORS("cache main { memory 2m; max_object 1m; redis on; }\n"
+                  "upstream u { server 127.0.0.1:81; }\n"
+                  "server { listen 8080; route / { upstream u; cache nope {\n"
+                  "    methods POST;\n"
+                  "    ttl 0s;\n"
+                  "    ttl_status 404=1s 404=1s 700=1s;\n"
+                  "    key path,foo header:A,header:a;\n"
+                  "    stale_if_error 2d;\n"
+                  "} } }\n",
+                  "t.conf:1: directive \"redis\" is not supported yet\n"
+                  "t.conf:1: max_object: 1m is more than memory / 8 (memory 2m, so at most 256k)\n"
+                  "t.conf:3: unknown cache \"nope\"\n"
+                  "t.conf:5: ttl: 0s is out of range (1ms..365d)\n"
+                  "t.conf:6: ttl_status: \"404=1s\" never applies: \"404=1s\" comes first\n"
+                  "t.conf:6: ttl_status: invalid \"700=1s\" (expected STATUS=TTL such as 404=30s or 5xx=0)\n"
+                  "t.conf:7: key: invalid part \"foo\" (expected method, scheme, host, path, query, body or "
+                  "header:NAME)\n"
+                  "t.conf:7: key: header \"a\" is repeated\n"
+                  "t.conf:4: methods POST needs the request body in the key (key ... body)\n"
+                  "t.conf:8: stale_if_error: 2d is more than max_stale (1d)\n");
+}
+
+TEST(cache_print_round_trip)
+{
+    struct conf *c = load_ok(cache_conf);
+    assert_round_trip(c);
+    char *text = print_conf(c);
+    ASSERT_CONTAINS(text, "\ncache main {\n    memory 512m;\n    max_object 16m;\n}\n");
+    ASSERT_CONTAINS(text, "\ncache small {\n    memory 1m;\n    max_object 128k;\n}\n");
+    ASSERT_CONTAINS(
+        text, "    route /v1/chat {\n"
+              "        upstream u;\n"
+              "        websocket_idle_timeout 5m;\n"
+              "        cache main {\n"
+              "            methods GET POST;\n"
+              "            ttl 1h override;\n"
+              "            ttl_status 404=30s 5xx=0s 200=1h 4xx=5s;\n"
+              "            ttl_from header:X-Cache-TTL;\n"
+              "            ttl_from json:data.status completed=1h processing=10s \"in progress\"=2s "
+              "\"\"=1s a=b=0s;\n"
+              "            stale_while_revalidate 30s;\n"
+              "            stale_if_error 10m;\n"
+              "            max_stale 2d;\n"
+              "            key method,scheme,host,path,query,body,header:x-api-key,header:authorization;\n"
+              "            key_body_max 4m;\n"
+              "            query_sort on;\n"
+              "            query_ignore utm_source utm_medium a%20b;\n"
+              "        }\n"
+              "    }\n");
+    ASSERT_CONTAINS(text, "ttl_from json:\"job.the state\" done=1d;\n");
+    free(text);
+    conf_unref(c);
+}
+
+TEST(cache_print_defaults_exact)
+{
+    struct conf *c = load_ok("upstream u { server 127.0.0.1:81; }\n"
+                             "cache main;\n"
+                             "server { listen 127.0.0.1:8080; route / { upstream u; cache main; } }\n");
+    char *text = print_conf(c);
+    ASSERT_CONTAINS(text, "    idle_timeout 1m;\n"
+                          "}\n"
+                          "\n"
+                          "cache main {\n"
+                          "    memory 256m;\n"
+                          "    max_object 8m;\n"
+                          "}\n"
+                          "\n"
+                          "server {\n");
+    ASSERT_CONTAINS(text, "    route / {\n"
+                          "        upstream u;\n"
+                          "        websocket_idle_timeout 5m;\n"
+                          "        cache main {\n"
+                          "            methods GET HEAD;\n"
+                          "            stale_while_revalidate 0s;\n"
+                          "            stale_if_error 0s;\n"
+                          "            max_stale 1d;\n"
+                          "            key method,scheme,host,path,query;\n"
+                          "            key_body_max 1m;\n"
+                          "            query_sort off;\n"
+                          "        }\n"
+                          "    }\n"
+                          "}\n");
+    assert_round_trip(c);
+    free(text);
+    conf_unref(c);
+}
+
+/* Words that need quoting print quoted and load back the same. */
+TEST(cache_print_odd_words)
+{
+    struct conf *c =
+        load_ok(ROUTE_CACHE("ttl_from \"header:X#T$\";"
+                            "ttl_from \"json:a b.c#\" \"x y=z\"=1s \"\\${}\"=2s \"\\\"q\\\"\"=3s;"
+                            "key \"header:a#b$\";"
+                            "query_ignore \"x$\" \"p{q};\";"));
+    const struct conf_route_cache *rc = c->servers[0].routes[0].cache;
+    ASSERT_STR_EQ(rc->ttl_header, "X#T$");
+    ASSERT_STR_EQ(rc->ttl_json_path, "a b.c#");
+    ASSERT_STR_EQ(rc->ttl_json_values[0].value, "x y=z");
+    ASSERT_STR_EQ(rc->ttl_json_values[1].value, "${}");
+    ASSERT_STR_EQ(rc->ttl_json_values[2].value, "\"q\"");
+    ASSERT_STR_EQ(rc->key_headers[0], "a#b$");
+    ASSERT_STR_EQ(rc->key_query_ignore[1], "p{q};");
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+/* Many routes naming caches: the lookup sorts, so this stays fast. */
+TEST(cache_many_routes_load_fast)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    fputs("upstream u { server 127.0.0.1:81; }\nserver {\nlisten 80;\n", f);
+    for (int i = 0; i < 30000; i++)
+        fprintf(f, "route /r%d { upstream u; cache c%d; }\n", i, i);
+    fputs("}\n", f);
+    for (int i = 0; i < 30000; i++)
+        fprintf(f, "cache c%d { memory 1m; }\n", i);
+    fclose(f);
+    struct conf *c = load_ok(text);
+    ASSERT_EQ(c->ncaches, 30000);
+    ASSERT_STR_EQ(c->servers[0].routes[0].prefix, "/r10000");
+    ASSERT_STR_EQ(c->servers[0].routes[0].cache->cache->name, "c10000");
+    conf_unref(c);
+    free(text);
 }
 
 /* --- lifetime --- */
