@@ -88,7 +88,7 @@ struct cache_response_facts {
     int64_t expires;       /* seconds; -1 absent; 0 when present but invalid (already expired) */
     bool has_expires;
     int64_t last_modified; /* seconds, -1 */
-    int64_t age;           /* Age value in seconds, -1 */
+    int64_t age;           /* Age value in seconds, -1 absent, 2^31 when unreadable or repeated */
     bool has_etag;
     bool has_set_cookie;
     bool vary_star;        /* Vary: * never matches */
@@ -181,8 +181,14 @@ struct cache_ttl {
  * `ttl_status`; route `ttl`; heuristic freshness.  Whatever the rule, a
  * response is never stored when: the method is not one the route caches,
  * the request or response says no-store, the response is private, Vary: *,
- * partial (206 / Content-Range), or the request had Authorization without
+ * partial (206; Content-Range means nothing on other statuses, RFC 9110
+ * 14.4), or the request had Authorization without
  * public / s-maxage / must-revalidate in the response (RFC 9111 3.5).
+ * Details (cache/policy.c says why): the route rules (`ttl`, override, json)
+ * apply to heuristically cacheable statuses only; a matching `ttl_status
+ * N=0` vetoes like no-store; Set-Cookie needs the origin's own positive
+ * freshness or public; Surrogate-Control max-age comes before the origin's
+ * Cache-Control and overrides its no-store, as must-understand does.
  * Returns false when it must not be stored. */
 bool cache_decide_store(const struct conf_route_cache *p, const struct cache_request_facts *rq,
                         const struct cache_response_facts *rs, int64_t request_time_ms, int64_t response_time_ms,

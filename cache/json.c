@@ -76,7 +76,8 @@ static void put_utf8(struct jstr *o, unsigned long cp)
     } else if (cp < 0x800) {
         b[0] = (char)(0xc0 | cp >> 6), b[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
     } else if (cp < 0x10000) {
-        b[0] = (char)(0xe0 | cp >> 12), b[1] = (char)(0x80 | (cp >> 6 & 0x3f)), b[2] = (char)(0x80 | (cp & 0x3f));
+        b[0] = (char)(0xe0 | cp >> 12), b[1] = (char)(0x80 | (cp >> 6 & 0x3f)),
+        b[2] = (char)(0x80 | (cp & 0x3f));
         n = 3;
     } else {
         b[0] = (char)(0xf0 | cp >> 18), b[1] = (char)(0x80 | (cp >> 12 & 0x3f));
@@ -210,7 +211,7 @@ int cache_json_find(const char *doc, size_t len, const char *path, char *out, si
     }
 
     char stack[CACHE_JSON_MAX_DEPTH]; /* '{' or '[' */
-    size_t depth = 0, onpath = 0;      /* onpath: on-path objects, the stack's bottom */
+    size_t depth = 0, onpath = 0;     /* onpath: on-path objects, the stack's bottom */
     char key[256];
     int found = -1;
     enum role role = ROLE_DESCEND; /* the root value */

@@ -157,8 +157,8 @@ static bool sha256(const char *data, size_t len, unsigned char md[32])
     return EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen == 32;
 }
 
-size_t cache_key_build(const struct conf_route_cache *p, const struct cache_key_input *in, char *out, size_t cap,
-                       size_t *url_off, size_t *url_len)
+size_t cache_key_build(const struct conf_route_cache *p, const struct cache_key_input *in, char *out,
+                       size_t cap, size_t *url_off, size_t *url_len)
 {
     struct out o = {out, cap, 0, false};
     if (!p || !in->method || !in->scheme || !in->host || !in->target)

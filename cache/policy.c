@@ -70,7 +70,8 @@ static bool parse_delta(const char *s, size_t len, int64_t *out)
 
 /* ==== HTTP dates (RFC 9110 5.6.7) ==== */
 
-static const char day_names[7][10] = {"Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"};
+static const char day_names[7][10] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
+                                      "Thursday", "Friday", "Saturday"};
 static const char month_names[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
 
@@ -181,7 +182,8 @@ int64_t cache_date_parse(const char *s, size_t len)
         return -1;
     trim(&s, &len);
     /* IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT" */
-    if (len == 29 && s[3] == ',' && s[4] == ' ' && s[7] == ' ' && s[11] == ' ' && s[16] == ' ' && s[25] == ' ') {
+    if (len == 29 && s[3] == ',' && s[4] == ' ' && s[7] == ' ' && s[11] == ' ' && s[16] == ' ' &&
+        s[25] == ' ') {
         if (!is_short_day(s) || !digits(s + 5, 2, &d) || !(mon = month_of(s + 8)) || !digits(s + 12, 4, &y) ||
             !parse_time(s + 17, &hh, &mm, &ss) || strncasecmp(s + 26, "GMT", 3) != 0)
             return -1;
@@ -200,9 +202,9 @@ int64_t cache_date_parse(const char *s, size_t len)
     const char *comma = memchr(s, ',', len);
     if (comma && (size_t)(s + len - comma) == 24) {
         const char *p = comma + 1;
-        if (!is_long_day(s, (size_t)(comma - s)) || p[0] != ' ' || p[3] != '-' || p[7] != '-' || p[10] != ' ' ||
-            p[19] != ' ' || !digits(p + 1, 2, &d) || !(mon = month_of(p + 4)) || !digits(p + 8, 2, &y) ||
-            !parse_time(p + 11, &hh, &mm, &ss) || strncasecmp(p + 20, "GMT", 3) != 0)
+        if (!is_long_day(s, (size_t)(comma - s)) || p[0] != ' ' || p[3] != '-' || p[7] != '-' ||
+            p[10] != ' ' || p[19] != ' ' || !digits(p + 1, 2, &d) || !(mon = month_of(p + 4)) ||
+            !digits(p + 8, 2, &y) || !parse_time(p + 11, &hh, &mm, &ss) || strncasecmp(p + 20, "GMT", 3) != 0)
             return -1;
         return make_time(rfc850_year(y), mon, d, hh, mm, ss);
     }
@@ -597,7 +599,8 @@ static void add_surrogate_control(struct cache_response_facts *f, const char *v,
         const char *plus = memchr(e, '+', el);
         int64_t m;
         if (plus && el > 8 && strncasecmp(e, "max-age=", 8) == 0) {
-            if (parse_delta(plus + 1, (size_t)(e + el - plus - 1), &m) && f->sc.stale_if_error == CACHE_CC_ABSENT)
+            if (parse_delta(plus + 1, (size_t)(e + el - plus - 1), &m) &&
+                f->sc.stale_if_error == CACHE_CC_ABSENT)
                 f->sc.stale_if_error = m;
             el = (size_t)(plus - e);
         }
@@ -605,8 +608,8 @@ static void add_surrogate_control(struct cache_response_facts *f, const char *v,
     }
 }
 
-void cache_response_facts_add(struct cache_response_facts *f, const char *name, size_t nlen, const char *value,
-                              size_t vlen)
+void cache_response_facts_add(struct cache_response_facts *f, const char *name, size_t nlen,
+                              const char *value, size_t vlen)
 {
     if (!value)
         value = "", vlen = 0;
@@ -639,13 +642,16 @@ void cache_response_facts_add(struct cache_response_facts *f, const char *name, 
         if (f->last_modified < 0)
             f->last_modified = cache_date_parse(value, vlen);
     } else if (name_is(name, nlen, "age")) {
-        /* RFC 9111 5.1: the first member of a list is used; an invalid
-         * value (negative, fractional, not a number) is ignored. */
-        size_t i = 0, el;
-        const char *e;
+        /* RFC 9111 5.1 lets a cache ignore an Age it cannot read; we count it
+         * as 2^31 s instead, so the response is stale and gets revalidated:
+         * an Age that is not one plain delta-seconds (negative, fractional,
+         * with parameters, a list, several lines) says someone upstream
+         * cached it, and guessing it young could serve it too old. */
+        const char *e = value;
+        size_t el = vlen;
+        trim(&e, &el);
         int64_t a;
-        if (f->age < 0 && next_element(value, vlen, &i, &e, &el) && parse_delta(e, el, &a))
-            f->age = a;
+        f->age = f->age < 0 && parse_delta(e, el, &a) ? a : CACHE_DELTA_MAX;
     } else if (name_is(name, nlen, "etag")) {
         f->has_etag = true;
     } else if (name_is(name, nlen, "set-cookie")) {
@@ -671,13 +677,11 @@ void cache_response_facts_add(struct cache_response_facts *f, const char *name, 
  * ttl_status. */
 static bool status_is_default_cacheable(unsigned s)
 {
-    switch (s) {
-    case 200: case 203: case 204: case 300: case 301: case 308:
-    case 404: case 405: case 410: case 414: case 451: case 501:
-        return true;
-    default:
-        return false;
-    }
+    static const unsigned codes[] = {200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 451, 501};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        if (codes[i] == s)
+            return true;
+    return false;
 }
 
 /* RFC 9111 5.2.2.3 must-understand: the final statuses whose caching rules
@@ -706,7 +710,7 @@ static int64_t parse_ttl_value(const char *s)
     if (!parse_delta(s, n, &v))
         return -1;
     const char *u = s + n;
-    int64_t mult = strcmp(u, "ms") == 0 ? 1
+    int64_t mult = strcmp(u, "ms") == 0         ? 1
                    : strcmp(u, "s") == 0 || !*u ? 1000
                    : strcmp(u, "m") == 0        ? 60 * 1000
                    : strcmp(u, "h") == 0        ? 3600 * 1000
@@ -747,8 +751,8 @@ static int64_t origin_lifetime(const struct cache_response_facts *rs, bool sc_fr
 }
 
 bool cache_decide_store(const struct conf_route_cache *p, const struct cache_request_facts *rq,
-                        const struct cache_response_facts *rs, int64_t request_time_ms, int64_t response_time_ms,
-                        struct cache_ttl *out)
+                        const struct cache_response_facts *rs, int64_t request_time_ms,
+                        int64_t response_time_ms, struct cache_ttl *out)
 {
     memset(out, 0, sizeof(*out));
     if (!p)
@@ -763,8 +767,9 @@ bool cache_decide_store(const struct conf_route_cache *p, const struct cache_req
     if (rq->method != HTTP_GET && !p->key_body)
         return false;
     /* RFC 9111 3: a final status; never 206 (we do not combine ranges) nor
-     * 304 (it updates an entry, it is not one). */
-    if (rs->status < 200 || rs->status > 999 || rs->status == 206 || rs->status == 304 || rs->has_content_range)
+     * 304 (it updates an entry, it is not one).  Content-Range on any other
+     * status has no meaning (RFC 9110 14.4): the response is whole. */
+    if (rs->status < 200 || rs->status > 999 || rs->status == 206 || rs->status == 304)
         return false;
     /* Surrogate-Control's own lifetime overrides Cache-Control's no-store, as
      * must-understand does for a status we know (RFC 9111 5.2.2.3); a status
@@ -849,9 +854,11 @@ bool cache_decide_store(const struct conf_route_cache *p, const struct cache_req
         out->no_cache = false;
 
     /* ---- stale windows (RFC 9111 4.2.4, RFC 5861) ---- */
-    out->must_revalidate = rs->cc.must_revalidate || rs->cc.proxy_revalidate || rs->cc.s_maxage != CACHE_CC_ABSENT;
+    out->must_revalidate =
+        rs->cc.must_revalidate || rs->cc.proxy_revalidate || rs->cc.s_maxage != CACHE_CC_ABSENT;
     if (!out->must_revalidate && !out->no_cache) {
-        int64_t swr = rs->cc.stale_while_revalidate != CACHE_CC_ABSENT ? rs->cc.stale_while_revalidate * 1000 : 0;
+        int64_t swr =
+            rs->cc.stale_while_revalidate != CACHE_CC_ABSENT ? rs->cc.stale_while_revalidate * 1000 : 0;
         int64_t sie = max64(rs->cc.stale_if_error, rs->sc.stale_if_error) * 1000; /* -1 when neither */
         out->swr_ms = stale_window(p, swr, p->stale_while_revalidate_ms);
         out->sie_ms = stale_window(p, max64(sie, 0), p->stale_if_error_ms);

@@ -398,9 +398,11 @@ bool cached_begin(struct conn *c)
 
 const char *cached_request_extra(struct conn *c, char *buf, size_t cap)
 {
+    /* tells the origin sluice acts on Surrogate-Control (Edge Architecture 1.0) */
+    c->t_sent_wall_ms = wall_ms();
+    int n = snprintf(buf, cap, "Surrogate-Capability: %s=\"Surrogate/1.0\"\r\n", CACHE_SURROGATE_TOKEN);
     if (c->entry == NULL)
-        return NULL;
-    int n = 0;
+        return buf;
     if (c->entry->etag != NULL)
         n += snprintf(buf + n, cap - n, "If-None-Match: %s\r\n", c->entry->etag);
     if (c->entry->last_modified >= 0) {
@@ -408,8 +410,7 @@ const char *cached_request_extra(struct conn *c, char *buf, size_t cap)
         cache_date_format(c->entry->last_modified, date);
         n += snprintf(buf + n, cap - n, "If-Modified-Since: %s\r\n", date);
     }
-    c->t_sent_wall_ms = wall_ms();
-    return n > 0 && (size_t)n < cap ? buf : NULL;
+    return (size_t)n < cap ? buf : NULL;
 }
 
 /* ---- the upstream response ---- */
@@ -486,9 +487,12 @@ size_t cached_response_head(struct conn *c, char *lines, size_t cap)
         const char *value = head_field_value(&c->rs, i, &vl);
         cache_response_facts_add(&c->rsf, name, nl, value, vl);
     }
-    bool framing_matches = c->rs_chunk_out || (c->rparser.flags & F_CONTENT_LENGTH) || c->method == HTTP_HEAD;
+    bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+    bool framing_matches =
+        no_body || c->rs_chunk_out || (c->rparser.flags & F_CONTENT_LENGTH) || c->method == HTTP_HEAD;
+    c->t_head_wall_ms = wall_ms();
     bool store = c->fill != NULL && framing_matches &&
-                 cache_decide_store(c->rc, &c->rqf, &c->rsf, c->t_sent_wall_ms, wall_ms(), &c->ttl);
+                 cache_decide_store(c->rc, &c->rqf, &c->rsf, c->t_sent_wall_ms, c->t_head_wall_ms, &c->ttl);
     if (store && c->rsf.vary[0] != '\0') {
         /* joiners must know the variant before they take this response */
         char vary_key[2048];
@@ -590,9 +594,10 @@ static void publish_as(struct conn *c, unsigned status, const char *etag_value)
         .vary_key = vary_key,
         .status = status,
         .request_time_ms = c->t_sent_wall_ms,
-        .response_time_ms = wall_ms(),
+        .response_time_ms = c->t_head_wall_ms,
         .ttl = c->ttl,
-        .date = c->rsf.date,
+        /* without a Date the response time stands in (RFC 9110 6.6.1: a recipient may add one) */
+        .date = c->rsf.date >= 0 ? c->rsf.date : c->t_head_wall_ms / 1000,
         .last_modified = c->rsf.last_modified,
         .etag = (char *)etag_value,
         .tags = c->rsf.tags,
@@ -605,11 +610,13 @@ static void publish_as(struct conn *c, unsigned status, const char *etag_value)
 }
 
 /* Fields a 304 does not replace in the stored head (RFC 9111 3.2): framing,
- * hop-by-hop, and Age (recomputed). */
+ * hop-by-hop, Age (recomputed), and what describes the stored bytes
+ * themselves (their coding, digest and the validator they were chosen by). */
 static bool keeps_stored(const char *name, size_t len)
 {
     static const char *const keep[] = {"content-length", "transfer-encoding", "connection", "keep-alive",
-                                       "proxy-connection", "te", "trailer", "upgrade", "age"};
+                                       "proxy-connection", "te", "trailer", "upgrade", "age",
+                                       "content-encoding", "content-md5", "etag", "content-range"};
     for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
         if (strlen(keep[i]) == len && strncasecmp(keep[i], name, len) == 0)
             return true;
@@ -686,7 +693,8 @@ static void store_refreshed(struct conn *c, const struct cache_entry *e, const c
         }
         p = next;
     }
-    if (!cache_decide_store(c->rc, &c->rqf, &f, c->t_sent_wall_ms, wall_ms(), &c->ttl) || c->ttl.needs_json ||
+    c->t_head_wall_ms = wall_ms();
+    if (!cache_decide_store(c->rc, &c->rqf, &f, c->t_sent_wall_ms, c->t_head_wall_ms, &c->ttl) || c->ttl.needs_json ||
         cache_fill_set_head(c->fill, head, len, e->is_chunked) != 0) {
         fill_abort(c);
         return;
@@ -768,4 +776,5 @@ void cached_release(struct conn *c)
     c->x_cache = NULL;
     c->rs_swallow = c->rs_revalidated = c->invalidate = false;
     c->t_sent_wall_ms = 0;
+    c->t_head_wall_ms = 0;
 }

@@ -116,6 +116,7 @@ struct conn {
     struct cache_response_facts rsf;
     struct cache_ttl ttl;
     int64_t t_sent_wall_ms;
+    int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
 };
 
 #define CACHE_KEY_MAX 16384

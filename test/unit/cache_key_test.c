@@ -114,7 +114,8 @@ TEST(key_query_ignore)
     ASSERT_STR_EQ(key(&p, "/p?utm_source=x&id=7&utm_medium=y&fbclid&utm_sourcex=1"),
                   "GET http://example.com/p?id=7&utm_sourcex=1");
     /* exact, case-sensitive, still percent-encoded names */
-    ASSERT_STR_EQ(key(&p, "/p?UTM_SOURCE=1&utm%5Fsource=2"), "GET http://example.com/p?UTM_SOURCE=1&utm%5Fsource=2");
+    ASSERT_STR_EQ(key(&p, "/p?UTM_SOURCE=1&utm%5Fsource=2"),
+                  "GET http://example.com/p?UTM_SOURCE=1&utm%5Fsource=2");
     ASSERT_STR_EQ(key(&p, "/p?utm_source=1"), "GET http://example.com/p");
     p.key_query_sorted = true;
     ASSERT_STR_EQ(key(&p, "/p?z=1&utm_medium=2&a=1"), "GET http://example.com/p?a=1&z=1");
@@ -139,7 +140,8 @@ TEST(key_headers)
     p.key_headers = hdrs;
     p.nkey_headers = 3;
     struct fields f = {F("x-api-key", "k1", "accept-language", "en,  fr")};
-    ASSERT_STR_EQ(key_full(&p, "GET", "h", "/", &f, NULL), "GET http://h/\nx-api-key:k1\naccept-language:en,  fr\nx-absent");
+    ASSERT_STR_EQ(key_full(&p, "GET", "h", "/", &f, NULL),
+                  "GET http://h/\nx-api-key:k1\naccept-language:en,  fr\nx-absent");
     ASSERT_EQ(url_len, strlen("http://h/"));
     /* absent differs from empty */
     struct fields g = {F("x-api-key", "k1", "accept-language", "en,  fr", "x-absent", "")};
@@ -185,7 +187,8 @@ TEST(key_body_digest)
     for (int i = 0; i < 32; i++)
         d[i] = (unsigned char)(i * 7 + 1);
     const char *k = key_full(&p, "POST", "h", "/v1/chat", NULL, d);
-    ASSERT_STR_EQ(k, "POST http://h/v1/chat\nbody:01080f161d242b323940474e555c636a71787f868d949ba2a9b0b7bec5ccd3da");
+    ASSERT_STR_EQ(
+        k, "POST http://h/v1/chat\nbody:01080f161d242b323940474e555c636a71787f868d949ba2a9b0b7bec5ccd3da");
     ASSERT_EQ(url_off, 5);
     ASSERT_EQ(url_len, strlen("http://h/v1/chat"));
 }
@@ -326,7 +329,8 @@ TEST(vary_key_basic)
 TEST(vary_key_whitespace_folded)
 {
     char a[256], b[256];
-    struct fields f1 = {F("accept-encoding", "  gzip ,\tdeflate  ,  br ", "accept-language", "en  -  US\t x")};
+    struct fields f1 = {
+        F("accept-encoding", "  gzip ,\tdeflate  ,  br ", "accept-language", "en  -  US\t x")};
     struct fields f2 = {F("accept-encoding", "gzip,deflate,br", "accept-language", "en - US x")};
     cache_vary_key("accept-encoding,accept-language", get_header, &f1, a, sizeof(a));
     cache_vary_key("accept-encoding,accept-language", get_header, &f2, b, sizeof(b));

@@ -59,7 +59,8 @@ static struct cache_response_facts resp(unsigned status, const char *const *fiel
 
 /* The store decision for a GET with the given response, received at T0 with
  * no delay. */
-static bool store(const struct conf_route_cache *p, const struct cache_response_facts *rs, struct cache_ttl *t)
+static bool store(const struct conf_route_cache *p, const struct cache_response_facts *rs,
+                  struct cache_ttl *t)
 {
     struct cache_request_facts rq = req(HTTP_GET, NULL);
     return cache_decide_store(p, &rq, rs, T0, T0, t);
@@ -172,9 +173,10 @@ TEST(date_format_round_trip)
 
 TEST(cc_basic_directives)
 {
-    struct cache_cc cc = cc_of("max-age=60, s-maxage=30, no-cache, no-store, private, public, must-revalidate, "
-                               "proxy-revalidate, only-if-cached, immutable, stale-while-revalidate=5, "
-                               "stale-if-error=7, max-stale=9, min-fresh=11");
+    struct cache_cc cc =
+        cc_of("max-age=60, s-maxage=30, no-cache, no-store, private, public, must-revalidate, "
+              "proxy-revalidate, only-if-cached, immutable, stale-while-revalidate=5, "
+              "stale-if-error=7, max-stale=9, min-fresh=11");
     ASSERT_EQ(cc.max_age, 60);
     ASSERT_EQ(cc.s_maxage, 30);
     ASSERT_EQ(cc.stale_while_revalidate, 5);
@@ -235,8 +237,8 @@ TEST(cc_quoted_values)
 TEST(cc_invalid_freshness)
 {
     static const char *const bad[] = {
-        "max-age=a100", "max-age=100a", "max-age=-100", "max-age=3600.0", "max-age=", "max-age",
-        "max-age =100", "max-age= 100", "max-age=1 2", "s-maxage=x", "max-age=\"\"", "max-age=1;x",
+        "max-age=a100", "max-age=100a", "max-age=-100", "max-age=3600.0", "max-age=",     "max-age",
+        "max-age =100", "max-age= 100", "max-age=1 2",  "s-maxage=x",     "max-age=\"\"", "max-age=1;x",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct cache_cc cc = cc_of(bad[i]);
@@ -316,9 +318,19 @@ TEST(parsers_noise_never_crash)
     /* random field values through every parser, each in an exact-size heap
      * copy so ASan sees any read past the end */
     static const char alphabet[] = "\"\\,=; \tmax-agesMAXnocht-0123456789W/*:GMTSunNovJan+luic";
-    static const char *const names[] = {"Cache-Control", "Pragma", "Date", "Expires", "Last-Modified", "Age",
-                                        "Vary", "Surrogate-Key", "Cache-Tag", "If-None-Match",
-                                        "If-Modified-Since", "X-TTL", "Surrogate-Control"};
+    static const char *const names[] = {"Cache-Control",
+                                        "Pragma",
+                                        "Date",
+                                        "Expires",
+                                        "Last-Modified",
+                                        "Age",
+                                        "Vary",
+                                        "Surrogate-Key",
+                                        "Cache-Tag",
+                                        "If-None-Match",
+                                        "If-Modified-Since",
+                                        "X-TTL",
+                                        "Surrogate-Control"};
     uint64_t r = 0x9e3779b97f4a7c15;
     for (int iter = 0; iter < 100000; iter++) {
         char buf[96];
@@ -358,10 +370,10 @@ TEST(parsers_noise_never_crash)
 
 TEST(request_facts)
 {
-    struct cache_request_facts f = req(HTTP_GET, F("Cache-Control", "max-age=0", "PRAGMA", "no-cache",
-                                                   "Authorization", "Bearer x", "If-None-Match", "\"a\"",
-                                                   "if-none-match", "W/\"b\"", "If-Modified-Since",
-                                                   "Sun, 06 Nov 1994 08:49:37 GMT"));
+    struct cache_request_facts f =
+        req(HTTP_GET, F("Cache-Control", "max-age=0", "PRAGMA", "no-cache", "Authorization", "Bearer x",
+                        "If-None-Match", "\"a\"", "if-none-match", "W/\"b\"", "If-Modified-Since",
+                        "Sun, 06 Nov 1994 08:49:37 GMT"));
     ASSERT(f.has_cc);
     ASSERT_EQ(f.cc.max_age, 0);
     ASSERT(f.pragma_no_cache);
@@ -400,10 +412,10 @@ TEST(response_facts)
 {
     struct cache_response_facts f =
         resp_h(200, "X-TTL",
-               F("Date", "Sun, 06 Nov 1994 08:49:37 GMT", "Expires", "Sun, 06 Nov 1994 09:49:37 GMT", "Expires",
-                 "Sun, 06 Nov 1994 10:49:37 GMT", "Last-Modified", "Sat, 05 Nov 1994 08:49:37 GMT", "Age", "12",
-                 "ETag", "\"v1\"", "Set-Cookie", "a=b", "Content-Range", "bytes 0-1/2", "x-ttl", "  5m ",
-                 "Cache-Control", "max-age=5", "Cache-Control", "public", "Pragma", "no-cache"));
+               F("Date", "Sun, 06 Nov 1994 08:49:37 GMT", "Expires", "Sun, 06 Nov 1994 09:49:37 GMT",
+                 "Expires", "Sun, 06 Nov 1994 10:49:37 GMT", "Last-Modified", "Sat, 05 Nov 1994 08:49:37 GMT",
+                 "Age", "12", "ETag", "\"v1\"", "Set-Cookie", "a=b", "Content-Range", "bytes 0-1/2", "x-ttl",
+                 "  5m ", "Cache-Control", "max-age=5", "Cache-Control", "public", "Pragma", "no-cache"));
     ASSERT_EQ(f.status, 200);
     ASSERT_EQ(f.date, 784111777);
     ASSERT(f.has_expires);
@@ -425,14 +437,26 @@ TEST(response_facts)
 
 TEST(response_facts_age_parsing)
 {
-    /* RFC 9111 5.1: first member of a list, invalid values ignored */
+    /* anything but one plain delta-seconds counts as 2^31 s: stale */
+    const int64_t M = CACHE_DELTA_MAX;
     static const struct {
         const char *v1, *v2;
         int64_t want;
     } cases[] = {
-        {"abc", NULL, -1},      {"-7200", NULL, -1},  {"7200.0", NULL, -1}, {"7200,0", NULL, 7200},
-        {"0,7200", NULL, 0},    {" 15 ", NULL, 15},   {"7200", "0", 7200},  {"0", "7200", 0},
-        {"99999999999999", NULL, CACHE_DELTA_MAX},
+        {"abc", NULL, M},
+        {"-7200", NULL, M},
+        {"7200.0", NULL, M},
+        {"7200,0", NULL, M},
+        {"0,7200", NULL, M},
+        {"0, 0", NULL, M},
+        {" 15 ", NULL, 15},
+        {"7200", "0", M},
+        {"0", "0", M},
+        {"7200;foo=bar", NULL, M},
+        {"", NULL, M},
+        {"0", NULL, 0},
+        {"99999999999999", NULL, M},
+        {"003", NULL, 3},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct cache_response_facts f;
@@ -447,8 +471,8 @@ TEST(response_facts_age_parsing)
 
 TEST(response_facts_vary_normalised)
 {
-    struct cache_response_facts f =
-        resp(200, F("Vary", "User-Agent, accept-encoding", "VARY", " Accept-Encoding ,X-B,, x-a", "Vary", ""));
+    struct cache_response_facts f = resp(
+        200, F("Vary", "User-Agent, accept-encoding", "VARY", " Accept-Encoding ,X-B,, x-a", "Vary", ""));
     ASSERT_STR_EQ(f.vary, "accept-encoding,user-agent,x-a,x-b");
     ASSERT(!f.vary_star);
     f = resp(200, F("Vary", "Accept, *"));
@@ -509,8 +533,9 @@ TEST(store_vetoes)
     ASSERT(!store(&p, &rs, &t));
     rs = resp(206, F("Cache-Control", "max-age=60"));
     ASSERT(!store(&p, &rs, &t));
+    /* Content-Range means nothing on a 200: stored */
     rs = resp(200, F("Cache-Control", "max-age=60", "Content-Range", "bytes 0-1/10"));
-    ASSERT(!store(&p, &rs, &t));
+    ASSERT(store(&p, &rs, &t));
     rs = resp(304, F("Cache-Control", "max-age=60"));
     ASSERT(!store(&p, &rs, &t));
     rs = resp(101, F("Cache-Control", "max-age=60"));
@@ -681,6 +706,12 @@ TEST(store_age_calculation)
     /* Age past max-age: stale at once; no validator, not stored */
     rs = resp(200, F("Cache-Control", "max-age=10", "Age", "15", "Date", mk_date(now)));
     ASSERT(!cache_decide_store(&p, &rq, &rs, T0, T0, &t));
+    /* an unreadable Age makes it stale, even with the longest max-age */
+    rs = resp(200, F("Cache-Control", "max-age=99999999999", "Age", "abc", "ETag", "\"e\""));
+    ASSERT(cache_decide_store(&p, &rq, &rs, T0, T0, &t));
+    struct cache_entry e = entry(&t);
+    ASSERT_EQ(cache_decide_use(&p, &e, &rq, T0), CACHE_USE_REVALIDATE);
+    ASSERT_EQ(cache_entry_age(&e, T0), CACHE_DELTA_MAX);
 }
 
 TEST(store_heuristic)
@@ -735,8 +766,8 @@ TEST(store_any_status_with_explicit_freshness)
 {
     struct conf_route_cache p = route();
     struct cache_ttl t;
-    static const unsigned st[] = {200, 203, 204, 299, 301, 302, 303, 307, 308, 400, 404, 410, 499, 500, 502,
-                                  503, 504, 599};
+    static const unsigned st[] = {200, 203, 204, 299, 301, 302, 303, 307, 308,
+                                  400, 404, 410, 499, 500, 502, 503, 504, 599};
     for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
         struct cache_response_facts rs = resp(st[i], F("Cache-Control", "max-age=100000"));
         if (!store(&p, &rs, &t) || t.fresh_ms != 100000 * SEC)
@@ -823,7 +854,8 @@ TEST(store_surrogate_control)
     rs = resp(200, F("Surrogate-Control", "max-age=3600;not-for-you", "Age", "7200"));
     ASSERT(!rs.has_sc);
     ASSERT(!store(&p, &rs, &t));
-    rs = resp(200, F("Surrogate-Control", "content=\"ESI/1.0;x, y\";other, max-age=7 ; sluice , no-store;other"));
+    rs = resp(200,
+              F("Surrogate-Control", "content=\"ESI/1.0;x, y\";other, max-age=7 ; sluice , no-store;other"));
     ASSERT(rs.has_sc);
     ASSERT_EQ(rs.sc.max_age, 7);
     ASSERT(!rs.sc.no_store);
@@ -849,7 +881,8 @@ TEST(ttl_precedence)
     struct conf_ttl_status sts[] = {{404, 404, 30 * SEC}, {200, 299, 77 * SEC}};
     struct conf_ttl_value jv[] = {{"done", 3600 * SEC}};
     int64_t now = T0 / SEC;
-    const char *const *all = F("Cache-Control", "max-age=60", "X-TTL", "90", "Last-Modified", mk_date(now - 1000));
+    const char *const *all =
+        F("Cache-Control", "max-age=60", "X-TTL", "90", "Last-Modified", mk_date(now - 1000));
     const char *const *no_origin = F("X-TTL", "90", "Last-Modified", mk_date(now - 1000));
     const char *const *lm_only = F("Last-Modified", mk_date(now - 1000));
     struct cache_ttl t;
@@ -963,18 +996,32 @@ TEST(ttl_from_header_values)
         const char *v;
         int64_t ms; /* -1: falls through, -2: not stored */
     } cases[] = {
-        {"10", 10 * SEC},   {"10s", 10 * SEC}, {"5m", 300 * SEC}, {"1h", 3600 * SEC}, {"2d", 2 * 86400 * SEC},
-        {"250ms", 250},     {"007", 7 * SEC},  {"0", -2},         {"0s", -2},         {"abc", -1},
-        {"-5", -1},         {"1.5h", -1},      {"10 s", -1},      {"5x", -1},         {"", -1},
+        {"10", 10 * SEC},
+        {"10s", 10 * SEC},
+        {"5m", 300 * SEC},
+        {"1h", 3600 * SEC},
+        {"2d", 2 * 86400 * SEC},
+        {"250ms", 250},
+        {"007", 7 * SEC},
+        {"0", -2},
+        {"0s", -2},
+        {"abc", -1},
+        {"-5", -1},
+        {"1.5h", -1},
+        {"10 s", -1},
+        {"5x", -1},
+        {"", -1},
         {"99999999999999999999h", CACHE_DELTA_MAX * SEC},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct cache_response_facts rs = resp_h(200, p.ttl_header, F("x-cache-ttl", cases[i].v, "ETag", "\"e\""));
+        struct cache_response_facts rs =
+            resp_h(200, p.ttl_header, F("x-cache-ttl", cases[i].v, "ETag", "\"e\""));
         struct cache_ttl t;
         bool ok = store(&p, &rs, &t);
-        if (cases[i].ms == -2 ? ok
-                              : !ok || (cases[i].ms == -1 ? t.source != CACHE_TTL_HEURISTIC
-                                                          : t.source != CACHE_TTL_HEADER || t.fresh_ms != cases[i].ms))
+        if (cases[i].ms == -2
+                ? ok
+                : !ok || (cases[i].ms == -1 ? t.source != CACHE_TTL_HEURISTIC
+                                            : t.source != CACHE_TTL_HEADER || t.fresh_ms != cases[i].ms))
             TEST_FAIL("X-Cache-TTL \"%s\": ok %d source %d fresh %lld", cases[i].v, ok, t.source,
                       (long long)t.fresh_ms);
     }
@@ -1068,8 +1115,14 @@ TEST(json_find_escapes)
     ASSERT_STR_EQ(out, "a\"b\\c/d\n\xc3\xa9\xf0\x9f\x98\x80");
     /* bad escapes and lone surrogates are not JSON */
     static const char *const bad[] = {
-        "{\"s\": \"\\x\"}",      "{\"s\": \"\\u12\"}",     "{\"s\": \"\\ud83d\"}", "{\"s\": \"\\ude00\"}",
-        "{\"s\": \"\\ud83d\\u0041\"}", "{\"s\": \"a\tb\"}", "{\"s\": \"\\",       "{\"s\": \"abc",
+        "{\"s\": \"\\x\"}",
+        "{\"s\": \"\\u12\"}",
+        "{\"s\": \"\\ud83d\"}",
+        "{\"s\": \"\\ude00\"}",
+        "{\"s\": \"\\ud83d\\u0041\"}",
+        "{\"s\": \"a\tb\"}",
+        "{\"s\": \"\\",
+        "{\"s\": \"abc",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (cache_json_find(bad[i], strlen(bad[i]), "s", out, sizeof(out)) != -1)
@@ -1112,9 +1165,27 @@ TEST(json_find_invalid_and_truncated)
         free(copy);
     }
     static const char *const bad[] = {
-        "",          "{",          "{\"a\":}",    "{\"a\" 1}",  "{\"a\":1,}", "[1,]",       "{a:1}",
-        "{\"a\":01}", "{\"a\":1.}", "{\"a\":.5}", "{\"a\":1e}", "{\"a\":-}",  "{\"a\":tru}", "{\"a\":1}x",
-        "{\"a\":1}}", "[}",         "{]",         "{\"a\":1 2}", "{\"a\":[1 2]}", "nul",     "{\"a\":\"x\"]",
+        "",
+        "{",
+        "{\"a\":}",
+        "{\"a\" 1}",
+        "{\"a\":1,}",
+        "[1,]",
+        "{a:1}",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":.5}",
+        "{\"a\":1e}",
+        "{\"a\":-}",
+        "{\"a\":tru}",
+        "{\"a\":1}x",
+        "{\"a\":1}}",
+        "[}",
+        "{]",
+        "{\"a\":1 2}",
+        "{\"a\":[1 2]}",
+        "nul",
+        "{\"a\":\"x\"]",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (cache_json_find(bad[i], strlen(bad[i]), "a", out, sizeof(out)) != -1)
@@ -1161,7 +1232,8 @@ TEST(json_find_deep_nesting_and_huge_values)
 TEST(json_find_noise_never_crashes)
 {
     /* random bytes and random mutations of a valid document */
-    const char *seed = "{\"data\":{\"status\":\"done\",\"l\":[1,{\"x\":\"\\u00e9\"},[true,null]],\"n\":-1.5e3}}";
+    const char *seed =
+        "{\"data\":{\"status\":\"done\",\"l\":[1,{\"x\":\"\\u00e9\"},[true,null]],\"n\":-1.5e3}}";
     size_t sl = strlen(seed);
     char buf[256], out[32];
     uint64_t r = 0x12345678;
@@ -1189,8 +1261,8 @@ TEST(json_find_noise_never_crashes)
 TEST(decide_json)
 {
     struct conf_route_cache p = route();
-    struct conf_ttl_value jv[] = {{"completed", 3600 * SEC}, {"processing", 10 * SEC}, {"1", 5 * SEC},
-                                  {"failed", 0}};
+    struct conf_ttl_value jv[] = {
+        {"completed", 3600 * SEC}, {"processing", 10 * SEC}, {"1", 5 * SEC}, {"failed", 0}};
     p.ttl_json_path = "data.status";
     p.ttl_json_values = jv;
     p.nttl_json_values = 4;
@@ -1315,8 +1387,8 @@ TEST(use_swr_and_sie_windows)
 {
     struct conf_route_cache p = route();
     struct cache_request_facts rq = req(HTTP_GET, NULL);
-    struct cache_ttl t = {.source = CACHE_TTL_ORIGIN, .fresh_ms = 10 * SEC, .swr_ms = 30 * SEC,
-                          .sie_ms = 300 * SEC};
+    struct cache_ttl t = {
+        .source = CACHE_TTL_ORIGIN, .fresh_ms = 10 * SEC, .swr_ms = 30 * SEC, .sie_ms = 300 * SEC};
     struct cache_entry e = entry(&t);
     ASSERT_EQ(cache_decide_use(&p, &e, &rq, T0 + 9 * SEC), CACHE_USE_FRESH);
     ASSERT_EQ(cache_decide_use(&p, &e, &rq, T0 + 10 * SEC), CACHE_USE_STALE_SWR);
@@ -1394,9 +1466,20 @@ TEST(not_modified_etag)
         const char *inm;
         bool want;
     } cases[] = {
-        {"\"abc\"", true},          {"W/\"abc\"", true},      {"\"x\", \"abc\"", true}, {"  \"x\" ,W/\"abc\" ", true},
-        {"*", true},                {"\"abcd\"", false},      {" * ", true},            {"*x", false},      {"abc", false},           {"\"ab\"c\"", false},
-        {"W/\"x\", junk, \"abc\"", true}, {"\"ABC\"", false}, {"\"abc", false},          {",,,", false},
+        {"\"abc\"", true},
+        {"W/\"abc\"", true},
+        {"\"x\", \"abc\"", true},
+        {"  \"x\" ,W/\"abc\" ", true},
+        {"*", true},
+        {"\"abcd\"", false},
+        {" * ", true},
+        {"*x", false},
+        {"abc", false},
+        {"\"ab\"c\"", false},
+        {"W/\"x\", junk, \"abc\"", true},
+        {"\"ABC\"", false},
+        {"\"abc", false},
+        {",,,", false},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct cache_request_facts rq = req(HTTP_GET, F("If-None-Match", cases[i].inm));
