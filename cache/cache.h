@@ -375,4 +375,8 @@ struct cache_stats {
 };
 void cache_get_stats(struct cache *c, struct cache_stats *out);
 
+/* Calls cb for every store (any thread; stores are never freed while the
+ * process runs, so cb may keep using c). */
+void cache_foreach(void (*cb)(struct cache *c, const char *name, void *arg), void *arg);
+
 #endif

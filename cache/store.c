@@ -444,6 +444,16 @@ static void store_resize(struct cache *c, uint64_t memory, uint64_t max_object)
     }
 }
 
+void cache_foreach(void (*cb)(struct cache *c, const char *name, void *arg), void *arg)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (struct list *l = registry.next; l != &registry; l = l->next) {
+        struct cache *c = LIST_ENTRY(l, struct cache, link);
+        cb(c, c->name, arg);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
 struct cache *cache_get(const char *name, uint64_t memory, uint64_t max_object, unsigned nshards)
 {
     pthread_mutex_lock(&registry_lock);

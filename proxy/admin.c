@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
 #include "common/buf.h"
 #include "common/strbuf.h"
 #include "proxy/proxy.h"
@@ -24,6 +25,101 @@ static long rss_bytes(void)
         resident = -1;
     fclose(f);
     return resident < 0 ? -1 : resident * sysconf(_SC_PAGESIZE);
+}
+
+struct cache_render {
+    struct strbuf *sb;
+    bool *first;
+};
+
+static void render_cache(struct cache *c, const char *name, void *arg)
+{
+    struct cache_render *r = arg;
+    struct cache_stats st;
+    cache_get_stats(c, &st);
+    strbuf_puts(r->sb, *r->first ? "" : ",");
+    *r->first = false;
+    strbuf_json_string(r->sb, name);
+    strbuf_printf(r->sb,
+                  ":{\"objects\":%llu,\"bytes\":%llu,\"memory\":%llu,\"max_object\":%llu,\"inserts\":%llu,"
+                  "\"evictions\":%llu,\"purged\":%llu,\"fills_aborted\":%llu}",
+                  (unsigned long long)st.objects, (unsigned long long)st.bytes, (unsigned long long)st.memory,
+                  (unsigned long long)st.max_object, (unsigned long long)st.inserts,
+                  (unsigned long long)st.evictions, (unsigned long long)st.purged,
+                  (unsigned long long)st.fills_aborted);
+}
+
+/* ---- purge: POST /cache/purge?url=U | prefix=P | tag=T | all=1 [&cache=NAME] ---- */
+
+struct purge_req {
+    const char *cache; /* NULL: every store */
+    char kind;         /* 'u'rl, 'p'refix, 't'ag, 'a'll */
+    char value[2048];
+    size_t removed;
+};
+
+static void purge_one(struct cache *c, const char *name, void *arg)
+{
+    struct purge_req *p = arg;
+    if (p->cache != NULL && strcmp(p->cache, name) != 0)
+        return;
+    switch (p->kind) {
+    case 'u': p->removed += cache_purge_url(c, p->value, strlen(p->value)); break;
+    case 'p': p->removed += cache_purge_prefix(c, p->value, strlen(p->value)); break;
+    case 't': p->removed += cache_purge_tag(c, p->value); break;
+    default: p->removed += cache_purge_all(c); break;
+    }
+}
+
+static int hexval(int ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                                             : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
+/* The percent-decoded value of query parameter name, or false. */
+static bool query_param(const char *query, const char *name, char *out, size_t cap)
+{
+    size_t nl = strlen(name);
+    for (const char *p = query; p != NULL && *p != '\0'; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        if (strncmp(p, name, nl) != 0 || p[nl] != '=')
+            continue;
+        size_t n = 0;
+        for (const char *v = p + nl + 1; *v != '\0' && *v != '&' && n + 1 < cap; v++) {
+            if (*v == '%' && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
+                out[n++] = (char)(hexval(v[1]) * 16 + hexval(v[2]));
+                v += 2;
+            } else {
+                out[n++] = *v == '+' ? ' ' : *v;
+            }
+        }
+        out[n] = '\0';
+        return true;
+    }
+    return false;
+}
+
+static int handle_purge(const char *query, struct strbuf *body)
+{
+    struct purge_req p = {.kind = 0};
+    char cache_name[256];
+    if (query_param(query, "cache", cache_name, sizeof(cache_name)))
+        p.cache = cache_name;
+    if (query_param(query, "url", p.value, sizeof(p.value)))
+        p.kind = 'u';
+    else if (query_param(query, "prefix", p.value, sizeof(p.value)))
+        p.kind = 'p';
+    else if (query_param(query, "tag", p.value, sizeof(p.value)))
+        p.kind = 't';
+    else if (query_param(query, "all", p.value, sizeof(p.value)))
+        p.kind = 'a';
+    if (p.kind == 0 || (p.kind != 'a' && p.value[0] == '\0')) {
+        strbuf_puts(body, "{\"error\":\"give one of url=, prefix=, tag= or all=1 (and optionally cache=NAME)\"}\n");
+        return 400;
+    }
+    cache_foreach(purge_one, &p);
+    strbuf_printf(body, "{\"removed\":%zu}\n", p.removed);
+    return 200;
 }
 
 static void render_stats(struct worker *w, struct strbuf *sb)
@@ -43,7 +139,11 @@ static void render_stats(struct worker *w, struct strbuf *sb)
     stats_render_json_kind(sb, "route");
     strbuf_puts(sb, ",\"servers\":");
     stats_render_json_kind(sb, "server");
-    strbuf_puts(sb, "}\n");
+    strbuf_puts(sb, ",\"caches\":{");
+    bool first = true;
+    struct cache_render r = {sb, &first};
+    cache_foreach(render_cache, &r);
+    strbuf_puts(sb, "}}\n");
 }
 
 static bool token_ok(const struct conf *conf, const char *auth)
@@ -83,7 +183,12 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
         render_stats(w, body);
         return 200;
     }
-    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/stats\"]}\n");
+    if (plen == 12 && strncmp(path, "/cache/purge", 12) == 0) {
+        if (strcmp(method, "POST") != 0 && strcmp(method, "PURGE") != 0)
+            goto not_allowed;
+        return handle_purge(path[plen] == '?' ? path + plen + 1 : "", body);
+    }
+    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/stats\",\"/cache/purge\"]}\n");
     return 404;
 not_allowed:
     strbuf_puts(body, "{\"error\":\"method not allowed\"}\n");

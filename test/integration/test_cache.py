@@ -273,3 +273,42 @@ def stats_count_cache_outcomes():
     stats = e.sluice.stats()
     route = stats["routes"]["127.0.0.1:%d/" % e.port]
     check(route["cache"]["hit"] >= 1 and route["cache"]["miss"] >= 1, "cache counters: %s" % route.get("cache"))
+
+
+def admin(e, method, target):
+    with e.client(port=e.admin_port) as c:
+        return c.request(method, target)
+
+
+@test
+def purge_by_url_prefix_tag_and_all():
+    e = Env(cache_conf)
+    base = "http://sluice.test"  # the Host the test client sends
+    for path in ("/hello?a=1", "/hello?a=2", "/echo?cc=max-age=60&header=Surrogate-Key:red%20blue",
+                 "/echo?x=1&cc=max-age=60&header=Cache-Tag:blue"):
+        e.get(path)
+        eq(e.get(path).header("X-Cache"), "HIT", "cached: %s" % path)
+    r = admin(e, "POST", "/cache/purge?url=" + base + "/hello%3Fa%3D1")
+    eq((r.status, r.json()["removed"]), (200, 1), "purge by URL")
+    eq(e.get("/hello?a=1").header("X-Cache"), "MISS", "purged URL is fetched again")
+    eq(e.get("/hello?a=2").header("X-Cache"), "HIT", "other URL kept")
+    r = admin(e, "POST", "/cache/purge?tag=blue")
+    eq(r.json()["removed"], 2, "purge by tag")
+    r = admin(e, "POST", "/cache/purge?prefix=" + base + "/hello")
+    eq(r.json()["removed"], 2, "purge by prefix")
+    r = admin(e, "POST", "/cache/purge?all=1&cache=main")
+    check(r.json()["removed"] >= 0, "purge all")
+    eq(e.sluice.stats()["caches"]["main"]["objects"], 0, "nothing left")
+    eq(admin(e, "POST", "/cache/purge").status, 400, "purge without a target")
+    eq(admin(e, "GET", "/cache/purge?all=1").status, 405, "purge needs POST")
+
+
+@test
+def memory_budget_holds_under_a_flood_of_distinct_keys():
+    e = Env(cache_conf)
+    for i in range(400):
+        e.get("/bytes?n=100000&cc=max-age=60&i=%d" % i)
+    st = e.sluice.stats()["caches"]["main"]
+    check(st["bytes"] <= st["memory"], "bytes %d within the budget %d" % (st["bytes"], st["memory"]))
+    check(st["evictions"] > 0, "evictions happened: %s" % st)
+    check(e.sluice.rss_kb() < 120 * 1024, "RSS %d KiB stays bounded" % e.sluice.rss_kb())
