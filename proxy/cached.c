@@ -267,6 +267,120 @@ void cached_client_drained(struct conn *c)
         join_pump(c);
 }
 
+/* ---- background refresh (stale-while-revalidate) ----
+ *
+ * The stale entry was served; the refresh is the same request sent again by
+ * the worker to the listener it came in on, with Cache-Control: max-age=0,
+ * so it takes the ordinary path: routing, a fill (which later stale hits
+ * see, so they start no second refresh), a conditional request when there
+ * are validators, the stored response replaced.  The answer is discarded. */
+
+#define REFRESH_TIMEOUT_MS 60000
+
+struct refresh {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+    int open_handles;
+    size_t len;
+    char data[]; /* the request */
+};
+
+static void refresh_closed(uv_handle_t *h)
+{
+    struct refresh *r = h->data;
+    if (--r->open_handles == 0)
+        free(r);
+}
+
+static void refresh_close(struct refresh *r)
+{
+    if (!uv_is_closing((uv_handle_t *)&r->tcp)) {
+        uv_close((uv_handle_t *)&r->tcp, refresh_closed);
+        uv_close((uv_handle_t *)&r->timer, refresh_closed);
+    }
+}
+
+static void refresh_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    static _Thread_local char sink[16384];
+    *b = uv_buf_init(sink, sizeof(sink));
+}
+
+static void refresh_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    if (nread < 0)
+        refresh_close(s->data);
+}
+
+static void refresh_written(uv_write_t *req, int status)
+{
+    struct refresh *r = req->data;
+    if (status != 0 || uv_read_start((uv_stream_t *)&r->tcp, refresh_alloc, refresh_read) != 0)
+        refresh_close(r);
+}
+
+static void refresh_connected(uv_connect_t *req, int status)
+{
+    struct refresh *r = req->data;
+    if (status != 0) {
+        refresh_close(r);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(r->data, (unsigned)r->len);
+    r->write_req.data = r;
+    if (uv_write(&r->write_req, (uv_stream_t *)&r->tcp, &b, 1, refresh_written) != 0)
+        refresh_close(r);
+}
+
+static void refresh_timeout(uv_timer_t *t)
+{
+    refresh_close(t->data);
+}
+
+static bool is_refresh_dropped(const char *name, size_t len)
+{
+    static const char *const drop[] = {"connection", "keep-alive", "cache-control", "pragma", "if-none-match",
+                                       "if-modified-since", "if-match", "if-unmodified-since", "if-range",
+                                       "content-length", "transfer-encoding", "expect", "te", "upgrade"};
+    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+        if (strlen(drop[i]) == len && strncasecmp(drop[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+static void refresh_start(struct conn *c)
+{
+    struct sockaddr_storage local;
+    int alen = sizeof(local);
+    if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&local, &alen) != 0)
+        return;
+    size_t tlen;
+    const char *target = head_target(&c->rq, &tlen);
+    struct refresh *r = malloc(sizeof(*r) + c->rq.len + tlen + 256);
+    if (r == NULL)
+        return;
+    size_t cap = c->rq.len + tlen + 256, n = 0;
+    n += (size_t)snprintf(r->data + n, cap - n, "GET %.*s HTTP/1.1\r\n", (int)tlen, target);
+    for (unsigned i = 0; i < c->rq.n; i++) {
+        size_t nl, vl;
+        const char *name = head_field_name(&c->rq, i, &nl);
+        const char *value = head_field_value(&c->rq, i, &vl);
+        if (!is_refresh_dropped(name, nl) && n + nl + vl + 4 < cap)
+            n += (size_t)snprintf(r->data + n, cap - n, "%.*s: %.*s\r\n", (int)nl, name, (int)vl, value);
+    }
+    n += (size_t)snprintf(r->data + n, cap - n, "Cache-Control: max-age=0\r\nConnection: close\r\n\r\n");
+    r->len = n;
+    uv_tcp_init(&c->w->loop, &r->tcp);
+    uv_timer_init(&c->w->loop, &r->timer);
+    r->tcp.data = r->timer.data = r->connect_req.data = r;
+    r->open_handles = 2;
+    uv_timer_start(&r->timer, refresh_timeout, REFRESH_TIMEOUT_MS, 0);
+    if (uv_tcp_connect(&r->connect_req, &r->tcp, (const struct sockaddr *)&local, refresh_connected) != 0)
+        refresh_close(r);
+}
+
 /* ---- lookup ---- */
 
 /* RFC 9110 9.2.1: only these are safe; any other method (extensions
@@ -346,12 +460,17 @@ bool cached_begin(struct conn *c)
     if (e != NULL) {
         c->use = cache_decide_use(rc, e, &c->rqf, now);
         if (c->use == CACHE_USE_FRESH || c->use == CACHE_USE_STALE_SWR) {
+            bool refreshing = fill != NULL;
             if (fill != NULL)
                 cache_fill_release(fill);
             bool stale = c->use == CACHE_USE_STALE_SWR;
             c->x_cache = stale ? "STALE" : "HIT";
             c->cache_detail = stale ? "hit; fwd=stale; detail=stale-while-revalidate" : "hit";
             STATS_INC(c->rstats->cache_hit);
+            /* no fill running for the key: nobody refreshes it yet (the head is
+             * still in c->rq until req_done, so refresh before serving) */
+            if (stale && !refreshing)
+                refresh_start(c);
             serve_entry(c, e, cache_not_modified(e, &c->rqf));
             cache_entry_release(e);
             return true;

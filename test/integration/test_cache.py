@@ -18,6 +18,7 @@ def cache_conf(env):
                    + conf_block("cache main", "ttl_from json:data.status completed=1h processing=20s;")),
         conf_block("route /bytes", "upstream origin;\n" + conf_block("cache main", "stale_if_error 1m;")),
         conf_block("route /nocache/", "upstream origin;"),
+        conf_block("route /slow", "upstream origin;\n" + conf_block("cache main", "stale_while_revalidate 30s;")),
     ]
     return ("workers 2;\nerror_log stderr info;\n"
             + conf_block("admin", "listen 127.0.0.1:%d;" % env.admin_port)
@@ -312,3 +313,25 @@ def memory_budget_holds_under_a_flood_of_distinct_keys():
     check(st["bytes"] <= st["memory"], "bytes %d within the budget %d" % (st["bytes"], st["memory"]))
     check(st["evictions"] > 0, "evictions happened: %s" % st)
     check(e.sluice.rss_kb() < 120 * 1024, "RSS %d KiB stays bounded" % e.sluice.rss_kb())
+
+
+@test
+def stale_while_revalidate_answers_at_once_and_refreshes_once():
+    e = env()
+    # max-age=3: the refreshed copy is born up to ~1.6 s old (response delay + Date rounding)
+    t = unique("/slow?ms=600&cc=max-age=3")
+    with Counted(e) as n:
+        eq(e.get(t).header("X-Cache"), "MISS", "first")
+        time.sleep(3.2)
+        start = time.time()
+        r = e.get(t)
+        took = time.time() - start
+        eq(r.header("X-Cache"), "STALE", "stale answer")
+        check(took < 0.3, "answered without waiting for the origin (%.3fs)" % took)
+        r2 = e.get(t)
+        eq(r2.header("X-Cache"), "STALE", "still stale while the refresh runs")
+        time.sleep(1.0)
+        r3 = e.get(t)
+        eq(r3.header("X-Cache"), "HIT", "refreshed in the background")
+        check(int(r3.header("Age")) <= 2, "fresh entry: Age %s" % r3.header("Age"))
+    eq(n.n, 2, "origin requests: the first and one refresh")
