@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "common/log.h"
 #include "proxy/conn.h"
 
@@ -397,8 +399,8 @@ static void bypass(struct conn *c, const char *detail)
 }
 
 /* Builds the request's key into c->key; false when it cannot be (too long,
- * no memory). */
-static bool build_key(struct conn *c)
+ * no memory).  body_sha256: the digest of a held body, or NULL. */
+static bool build_key(struct conn *c, const unsigned char *body_sha256)
 {
     if (c->key == NULL && (c->key = malloc(CACHE_KEY_MAX)) == NULL)
         return false;
@@ -412,10 +414,13 @@ static bool build_key(struct conn *c)
         .target_len = tlen,
         .get_header = rq_header,
         .arg = c,
+        .body_sha256 = body_sha256,
     };
     c->key_len = cache_key_build(c->rc, &in, c->key, CACHE_KEY_MAX, &c->url_off, &c->url_len);
     return c->key_len > 0;
 }
+
+static bool lookup(struct conn *c, const unsigned char *body_sha256);
 
 bool cached_begin(struct conn *c)
 {
@@ -427,16 +432,59 @@ bool cached_begin(struct conn *c)
                      (is_head && (rc->methods & CONF_CACHE_METHOD_BIT(HTTP_GET)));
     if (!cacheable) {
         /* an unsafe method needs the URL to invalidate it afterwards */
-        if (method_is_unsafe(c->method) && build_key(c))
+        if (method_is_unsafe(c->method) && build_key(c, NULL))
             c->invalidate = true;
         bypass(c, "fwd=method");
         return false;
     }
     if (rc->key_body && c->rq_has_body) {
-        /* keying on the body needs it whole before the lookup: not yet */
-        bypass(c, "fwd=bypass; detail=body-key");
-        return false;
+        /* the body is part of the key: read it whole first (a Content-Length
+         * within key_body_max; anything else goes upstream uncached) */
+        bool sized = (c->parser.flags & F_CONTENT_LENGTH) && !c->rq_chunked;
+        if (!sized || c->parser.content_length > rc->key_body_max ||
+            (c->held = malloc(c->parser.content_length)) == NULL) {
+            bypass(c, "fwd=bypass; detail=body-too-large");
+            return false;
+        }
+        c->held_cap = c->parser.content_length;
+        c->held_len = 0;
+        c->state = CS_BODY;
+        if (c->rq_expect && client_is_http11(c))
+            outq_add_static(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        llhttp_resume(&c->parser);
+        return true;
     }
+    return lookup(c, NULL);
+}
+
+bool cached_hold(struct conn *c, const char *p, size_t len)
+{
+    if (len > c->held_cap - c->held_len)
+        return false;
+    memcpy(c->held + c->held_len, p, len);
+    c->held_len += len;
+    return true;
+}
+
+void cached_body_complete(struct conn *c)
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(c->held, c->held_len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
+        bypass(c, "fwd=bypass; detail=digest");
+        req_forward(c);
+        return;
+    }
+    if (!lookup(c, md))
+        req_forward(c);
+}
+
+/* Looks the request up (its head, and the body digest when the route keys
+ * on it): true when answered or joined. */
+static bool lookup(struct conn *c, const unsigned char *body_sha256)
+{
+    const struct conf_route_cache *rc = c->rc;
+    bool is_head = c->method == HTTP_HEAD;
     cache_request_facts_init(&c->rqf, c->method);
     for (unsigned i = 0; i < c->rq.n; i++) {
         size_t nl, vl;
@@ -444,7 +492,7 @@ bool cached_begin(struct conn *c)
         const char *value = head_field_value(&c->rq, i, &vl);
         cache_request_facts_add(&c->rqf, name, nl, value, vl);
     }
-    if (!build_key(c)) {
+    if (!build_key(c, body_sha256)) {
         bypass(c, "fwd=bypass; detail=key-too-long");
         return false;
     }
@@ -469,7 +517,7 @@ bool cached_begin(struct conn *c)
             STATS_INC(c->rstats->cache_hit);
             /* no fill running for the key: nobody refreshes it yet (the head is
              * still in c->rq until req_done, so refresh before serving) */
-            if (stale && !refreshing)
+            if (stale && !refreshing && c->held == NULL)
                 refresh_start(c);
             serve_entry(c, e, cache_not_modified(e, &c->rqf));
             cache_entry_release(e);
@@ -896,4 +944,7 @@ void cached_release(struct conn *c)
     c->rs_swallow = c->rs_revalidated = c->invalidate = false;
     c->t_sent_wall_ms = 0;
     c->t_head_wall_ms = 0;
+    free(c->held);
+    c->held = NULL;
+    c->held_len = c->held_cap = 0;
 }

@@ -22,6 +22,7 @@ enum conn_state {
     CS_IDLE,    /* between requests */
     CS_HEAD,    /* reading a request head */
     CS_WAIT,    /* head complete, connecting upstream */
+    CS_BODY,    /* reading a body the cache key needs, before the lookup */
     CS_FORWARD, /* request sent or streaming; response awaited or streaming */
     CS_LOCAL,   /* a response made here is being written */
     CS_TUNNEL,  /* after a 101: raw bytes both ways */
@@ -117,6 +118,8 @@ struct conn {
     struct cache_ttl ttl;
     int64_t t_sent_wall_ms;
     int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
+    char *held;  /* a request body kept for its hash and for replay upstream */
+    size_t held_len, held_cap;
 };
 
 #define CACHE_KEY_MAX 16384
@@ -155,6 +158,10 @@ const char *cached_request_extra(struct conn *c, char *buf, size_t cap);
 void cached_client_drained(struct conn *c);
 /* Drops what the request holds of the cache (aborting an unfinished fill). */
 void cached_release(struct conn *c);
+/* The body held for the key is complete: hash, look up, answer or forward. */
+void cached_body_complete(struct conn *c);
+/* Copies request body bytes being held; false when they do not fit. */
+bool cached_hold(struct conn *c, const char *p, size_t len);
 /* Runs the joiners woken by fills (worker thread). */
 void cached_run_woken(struct worker *w);
 

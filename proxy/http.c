@@ -509,6 +509,11 @@ void req_forward(struct conn *c)
     uv_timer_start(&uc->timer, up_on_timer, cu->connect_timeout_ms, 0);
 }
 
+/* A held body has one owner at a time: the batch that sends it. */
+static void held_ref(void *p)
+{
+}
+
 static void up_send_request(struct conn *c)
 {
     struct upstream_conn *uc = c->uc;
@@ -538,6 +543,11 @@ static void up_send_request(struct conn *c)
     }
     outq_add_ref(&uc->out, blk, blk->data, n);
     buf_unref(blk);
+    if (c->held != NULL) {
+        /* the body read for the cache key: the write batch now owns it */
+        outq_add_held(&uc->out, c->held, c->held_len, held_ref, free, c->held);
+        c->held = NULL;
+    }
     uc->requests++;
     c->state = CS_FORWARD;
     c->t_sent = uv_hrtime();
@@ -1051,6 +1061,8 @@ static int rq_on_body(llhttp_t *p, const char *at, size_t len)
     c->rq_body_bytes += len;
     if (c->srv->max_body_size && c->rq_body_bytes > c->srv->max_body_size)
         return rq_limit(c, 413, "request body larger than max_body_size");
+    if (c->state == CS_BODY)
+        return cached_hold(c, at, len) ? 0 : rq_limit(c, 400, "request body longer than its Content-Length");
     if (c->uc != NULL)
         outq_add_ref(&c->uc->out, c->parsing, at, len);
     return 0;
@@ -1152,7 +1164,7 @@ static void conn_update_reading(struct conn *c)
         conn_read_start(c);
     else
         conn_read_stop(c);
-    bool body_open = c->state == CS_FORWARD && !c->rq_body_done;
+    bool body_open = (c->state == CS_FORWARD || c->state == CS_BODY) && !c->rq_body_done;
     if (body_open && want)
         timer_set(c, TK_BODY, c->srv->client_body_timeout_ms);
     else if (c->timer_kind == TK_BODY)
@@ -1215,8 +1227,12 @@ static void parse_pending(struct conn *c)
             continue;
         if (err == HPE_PAUSED) {
             /* paused at a complete head: route it; at a complete request: wait */
-            if (c->state == CS_WAIT && !c->is_dispatched)
+            if (c->state == CS_WAIT && !c->is_dispatched) {
                 req_dispatch(c);
+            } else if (c->state == CS_BODY && c->rq_body_done) {
+                c->state = CS_WAIT;
+                cached_body_complete(c);
+            }
             continue;
         }
         parse_error(c);

@@ -18,6 +18,8 @@ def cache_conf(env):
                    + conf_block("cache main", "ttl_from json:data.status completed=1h processing=20s;")),
         conf_block("route /bytes", "upstream origin;\n" + conf_block("cache main", "stale_if_error 1m;")),
         conf_block("route /nocache/", "upstream origin;"),
+        conf_block("route /sink", "upstream origin;\n"
+                   + conf_block("cache main", "methods POST;\nkey method,path,body;\nkey_body_max 1k;\nttl 60s;")),
         conf_block("route /slow", "upstream origin;\n" + conf_block("cache main", "stale_while_revalidate 30s;")),
     ]
     return ("workers 2;\nerror_log stderr info;\n"
@@ -335,3 +337,25 @@ def stale_while_revalidate_answers_at_once_and_refreshes_once():
         eq(r3.header("X-Cache"), "HIT", "refreshed in the background")
         check(int(r3.header("Age")) <= 2, "fresh entry: Age %s" % r3.header("Age"))
     eq(n.n, 2, "origin requests: the first and one refresh")
+
+
+@test
+def identical_post_bodies_are_answered_from_cache():
+    e = env()
+    t = unique("/sink")
+    with Counted(e) as n:
+        with e.client() as c:
+            r1 = c.request("POST", t, body=b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
+            r2 = c.request("POST", t, body=b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
+            r3 = c.request("POST", t, body=b'{"model":"m","messages":[{"role":"user","content":"bye"}]}')
+    eq([r.header("X-Cache") for r in (r1, r2, r3)], ["MISS", "HIT", "MISS"], "X-Cache")
+    eq(r2.body, r1.body, "same answer for the same body")
+    check(r3.json()["sha256"] != r1.json()["sha256"], "another body, another answer")
+    eq(n.n, 2, "origin requests")
+    with e.client() as c:
+        r = c.request("POST", t, body=b"x" * 2000)
+        eq((r.status, r.header("X-Cache")), (200, "BYPASS"), "a body over key_body_max goes upstream uncached")
+        eq(r.json()["length"], 2000, "and arrives whole")
+        r = c.request("POST", t, headers=[("Transfer-Encoding", "chunked")], body=b"3\r\nabc\r\n0\r\n\r\n")
+        eq((r.status, r.header("X-Cache")), (200, "BYPASS"), "a chunked body goes upstream uncached")
+        eq(r.json()["length"], 3, "and arrives whole")
