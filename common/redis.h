@@ -87,7 +87,8 @@ void redis_conn_destroy(struct redis_conn *c);
 /* Sends a command (argv[i] is argvlen[i] bytes; hiredis copies them, so they
  * need not outlive the call).  Returns 0 when accepted: cb then runs exactly
  * once.  Otherwise cb never runs and the result is -ENOTCONN (not connected:
- * connecting, backing off, or being destroyed), -EBUSY (too much in flight),
+ * connecting or backing off), -ECANCELED (being destroyed), -EBUSY (too much
+ * in flight),
  * -EINVAL (argc < 1, or a pub/sub or MONITOR command, whose replies do not
  * pair with requests) or -ENOMEM. */
 int redis_command_argv(struct redis_conn *c, int argc, const char **argv, const size_t *argvlen,
