@@ -4,6 +4,7 @@
 #   make run        install what is missing, build, start the demo origin + sluice
 #   make test       install, build both variants, run every test on each
 #   make bench      the shared side-by-side benchmark against nginx/HAProxy/Varnish
+#   make valgrind   the integration suites with sluice under valgrind
 VARIANT ?= release
 B := build/$(VARIANT)
 
@@ -71,6 +72,13 @@ test: deps
 	$(MAKE) VARIANT=asan all
 	scripts/test-all
 
+# One normal pass of the integration suites with sluice under valgrind: any
+# error or definite leak makes sluice exit non-zero, which fails the test.
+valgrind: all
+	SLUICE_TEST_SLOW=8 SLUICE_WRAP="valgrind -q --error-exitcode=99 --leak-check=full \
+	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect" \
+	  python3 test/integration/harness.py test/integration/test_core.py test/integration/test_cache.py
+
 unit: all
 	scripts/test-all --unit-only
 
@@ -80,7 +88,7 @@ bench: deps all
 clean:
 	rm -rf build
 
-.PHONY: all asan deps run test unit bench clean
+.PHONY: all asan deps run test unit bench clean valgrind
 .SECONDARY:
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -379,4 +379,70 @@ void cache_get_stats(struct cache *c, struct cache_stats *out);
  * process runs, so cb may keep using c). */
 void cache_foreach(void (*cb)(struct cache *c, const char *name, void *arg), void *arg);
 
+/* ==== the Redis second tier (cache/tier.c; cache_insert in cache/store.c) ====
+ *
+ * Several sluice instances share entries through Redis.  An entry travels as
+ * one binary blob (magic, version byte, then every field with its length;
+ * parsing checks each length against what is left, so a malformed blob is
+ * rejected, never trusted).  Redis keys are "sluice:" + the hex SHA-256 of
+ * the primary key, so their size is bounded whatever the URL.  A response
+ * without Vary is stored there directly.  One with Vary stores there a small
+ * index naming its Vary list, and the entry under "sluice:" + the hex
+ * SHA-256 of the primary key and the variant's vary_key; a get reads the
+ * index, builds the request's vary_key and reads the variant (two round
+ * trips, for varying responses only).  The newest Vary list of a key wins.
+ * Calls complete as common/redis.h says; the counters are process-wide. */
+
+struct redis_conn;
+
+/* Blobs larger than this are neither written nor read (GETRANGE bounds
+ * what a read may bring in, whatever another instance wrote). */
+#define CACHE_TIER_BLOB_MAX (64u << 20)
+
+/* The blob of e: malloc'ed, *len bytes; NULL with errno ENOMEM, or EFBIG
+ * past CACHE_TIER_BLOB_MAX. */
+char *cache_entry_to_blob(const struct cache_entry *e, size_t *len);
+
+/* A new unlinked entry (refs 1: the caller's, freed by cache_entry_release,
+ * or given to the store with cache_insert) from a blob; NULL with errno
+ * EBADMSG when the blob is not one cache_entry_to_blob wrote (truncated,
+ * another version, a length past the end, bytes left over, a field out of
+ * range) or ENOMEM.  Any thread. */
+struct cache_entry *cache_entry_from_blob(const char *blob, size_t len);
+
+/* Links an entry from cache_entry_from_blob into the memory store, replacing
+ * the entry of the same key and variant, unless that one is at least as
+ * new (response time): then -EEXIST.  -E2BIG when larger than max_object or
+ * the shard.  The store takes its own ref: the caller keeps its ref either
+ * way.  Any thread. */
+int cache_insert(struct cache *c, struct cache_entry *e);
+
+/* Writes e to Redis for ttl_ms (SET ... PX): fire-and-forget, the outcome is
+ * counted.  0 when sent; -EINVAL (ttl_ms <= 0), -EFBIG, -ENOMEM, or the
+ * connection's refusal (-ENOTCONN, -EBUSY...).  On r's loop thread. */
+int cache_tier_put(struct redis_conn *r, const struct cache_entry *e, int64_t ttl_ms);
+
+/* The answer to cache_tier_get: status 0 with e, a hit (a new entry as from
+ * cache_entry_from_blob: the callee owns its ref); status 0 with e NULL, a
+ * miss (absent, expired, or another variant); status < 0, the tier failed
+ * (-ETIMEDOUT, -ECONNRESET, -ECANCELED from the connection, -EBADMSG a blob
+ * that does not parse, -EPROTO an unexpected reply, -EFBIG, -ENOMEM). */
+typedef void (*cache_tier_get_cb)(void *cbarg, int status, struct cache_entry *e);
+
+/* Looks up the primary key (len bytes) in Redis.  get_header(arg) gives the
+ * request's fields for Vary; it is called from the reply, so it and arg must
+ * stay valid until cb runs.  0 when sent: cb then runs exactly once on r's
+ * loop thread, never before this returns, within the connection's timeout
+ * per round trip (there is no cancel; redis_conn_destroy completes it with
+ * -ECANCELED).  Otherwise cb never runs: -ENOTCONN, -EBUSY, -ENOMEM. */
+int cache_tier_get(struct redis_conn *r, const char *key, size_t len, cache_header_get_cb get_header,
+                   void *arg, cache_tier_get_cb cb, void *cbarg);
+
+struct cache_tier_stats {
+    uint64_t puts, put_errors; /* entries sent; those refused or failed */
+    uint64_t gets, hits, misses, get_errors;
+    uint64_t bad_blobs; /* blobs rejected by the parser (also in get_errors) */
+};
+void cache_tier_get_stats(struct cache_tier_stats *out);
+
 #endif

@@ -599,3 +599,31 @@ void cache_get_stats(struct cache *c, struct cache_stats *out)
         out->purged += counter_load(&s->purged);
     }
 }
+
+/* ==== entries from the Redis tier (cache/tier.c builds them) ==== */
+
+int cache_insert(struct cache *c, struct cache_entry *e)
+{
+    uint64_t max_object = atomic_load_explicit(&c->max_object, memory_order_relaxed);
+    if (e->head_len > max_object || e->body_len > max_object - e->head_len)
+        return -E2BIG;
+    struct cache_shard *s = cache_shard_of(c, e->hash);
+    struct list victims;
+    list_init(&victims);
+    int rc = 0;
+    cache_entry_ref(e); /* the store's */
+    pthread_mutex_lock(&s->lock);
+    /* a fill may have linked a fresher response while Redis answered: an
+     * entry from Redis never replaces a newer one */
+    for (struct cache_entry *x = s->buckets[e->hash & s->mask]; x != NULL && rc == 0; x = x->_hnext)
+        if (cache_entry_is_key(x, e->hash, e->key, e->key_len) && strcmp(x->vary_key, e->vary_key) == 0 &&
+            x->response_time_ms >= e->response_time_ms)
+            rc = -EEXIST;
+    if (rc == 0)
+        rc = cache_shard_insert_locked(s, e, &victims);
+    pthread_mutex_unlock(&s->lock);
+    if (rc != 0)
+        atomic_fetch_sub_explicit(&e->_refs, 1, memory_order_relaxed); /* the store's, never taken */
+    cache_release_victims(&victims);
+    return rc;
+}

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * redis: one asynchronous Redis connection bound to one libuv loop (hiredis
- * async API driven by its libuv adapter), with the things hiredis 0.14 does
- * not do: per-command timeouts, reconnection and bounds.
+ * redis: one asynchronous Redis connection bound to one libuv loop (the
+ * hiredis async API, its socket watched by a uv_poll_t), with the things
+ * hiredis 0.14 does not do: per-command timeouts, reconnection and bounds.
  *
  * Design.
  * - hiredis 0.14 has no async timeouts, so every command gets a deadline
@@ -15,14 +15,16 @@
  * - While the connection is not up (connecting, or waiting to reconnect)
  *   commands are refused at once with -ENOTCONN, never queued: the caller
  *   skips Redis instead of waiting for it.  Reconnects back off
- *   exponentially from 100 ms to 5 s and reset once a connection is up.
+ *   exponentially from 100 ms to 5 s, and go back to 100 ms once the server
+ *   answers a command (not merely accepts a connection: a stopped server
+ *   whose kernel still accepts keeps backing off).
  * - In-flight commands are capped (REDIS_MAX_INFLIGHT, and their argument
  *   bytes by REDIS_MAX_INFLIGHT_BYTES): past either, -EBUSY.
  * - hiredis connects with a blocking getaddrinfo for host names, so only
  *   numeric addresses are accepted (conf resolves names at load).
  * - The same uv_timer serves the command deadlines, the connect deadline and
  *   the reconnect backoff (the states never overlap), so a connection owns
- *   exactly one libuv handle plus hiredis's poll handle.
+ *   one timer plus the poll handle of its current socket.
  *
  * Threading: everything runs on the loop's thread, except
  * redis_conn_get_stats, which any thread may call while the connection

@@ -53,7 +53,8 @@ enum ctx {
     CTX_SERVER = 1u << 3,
     CTX_ROUTE = 1u << 4,
     CTX_CACHE = 1u << 5,      /* top-level cache NAME { }: struct conf_cache */
-    CTX_ROUTE_CACHE = 1u << 6 /* a route's cache NAME { }: struct conf_route_cache */
+    CTX_ROUTE_CACHE = 1u << 6, /* a route's cache NAME { }: struct conf_route_cache */
+    CTX_REDIS = 1u << 7        /* redis URL { }: struct conf_redis */
 };
 
 struct keyed;
@@ -64,6 +65,7 @@ struct build {
     struct conf *conf;
     struct keyed *upstream_index; /* conf->upstreams sorted by name, made at the first route lookup */
     struct keyed *cache_index;    /* the same for conf->caches */
+    const struct conf_node *root; /* the whole tree, for checks across blocks */
 };
 
 struct directive;
@@ -146,9 +148,9 @@ static const unsigned cache_methods[] = {HTTP_GET, HTTP_HEAD, HTTP_POST};
 /* Directives of later features (CONF.md): known, so they get a better error
  * than "unknown". */
 static const char *const future_directives[] = {
-    "limit",      "redis",        "analytics", "access_log", "retry",        "retry_budget",
-    "breaker",    "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent",
-    "tls_verify", "tls_ca",       NULL,
+    "limit",        "analytics", "access_log", "retry",        "retry_budget",         "breaker",
+    "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent", "tls_verify",
+    "tls_ca",       NULL,
 };
 
 _Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
@@ -1069,6 +1071,118 @@ static void print_response_headers(FILE *out, int indent, const struct directive
     print_header_ops(out, indent, "response_header", r->resp_ops, r->nresp_ops);
 }
 
+/* --- redis --- */
+
+#define REDIS_DEFAULT_PORT 6379
+#define REDIS_MAX_DB       65535
+
+/* "redis://HOST[:PORT][/DB]": HOST is numeric (IPv4, or IPv6 in brackets)
+ * or localhost, because hiredis resolves names with a blocking getaddrinfo
+ * that must never run on a worker's loop.  Fills r's host, port, db, url;
+ * reports and returns false otherwise. */
+static bool redis_url(struct build *b, const struct conf_node *n, const char *text, struct conf_redis *r)
+{
+    static const char scheme[] = "redis://";
+    char host[INET6_ADDRSTRLEN + 1];
+    size_t hlen;
+    bool is_v6 = false;
+    if (strncmp(text, scheme, sizeof(scheme) - 1) != 0) {
+        conf_report(b->ld, &n->pos, "redis: invalid URL \"%s\" (expected redis://HOST[:PORT][/DB]%s)", text,
+                    strncmp(text, "rediss://", 9) == 0 ? "; TLS is not supported" : "");
+        return false;
+    }
+    const char *p = text + sizeof(scheme) - 1;
+    if (strchr(p, '@') != NULL) {
+        conf_report(b->ld, &n->pos, "redis: a user or password in the URL is not supported");
+        return false;
+    }
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        hlen = end != NULL ? (size_t)(end - p - 1) : sizeof(host);
+        if (hlen >= sizeof(host))
+            goto bad;
+        memcpy(host, p + 1, hlen);
+        p = end + 1;
+        is_v6 = true;
+    } else {
+        hlen = strcspn(p, ":/");
+        if (hlen >= sizeof(host))
+            goto bad_host;
+        memcpy(host, p, hlen);
+        p += hlen;
+    }
+    host[hlen] = '\0';
+    r->port = REDIS_DEFAULT_PORT;
+    if (*p == ':') {
+        char port[8];
+        size_t plen = strcspn(p + 1, "/");
+        if (plen >= sizeof(port))
+            goto bad_port;
+        memcpy(port, p + 1, plen);
+        port[plen] = '\0';
+        if (!port_value(port, &r->port))
+            goto bad_port;
+        p += 1 + plen;
+    }
+    r->db = 0;
+    if (*p == '/' && p[1] != '\0') {
+        uint64_t db;
+        if (!parse_bounded(b, n, "redis database", p + 1, &numbers, 0, REDIS_MAX_DB, &db))
+            return false;
+        r->db = (unsigned)db;
+    } else if (*p != '\0' && strcmp(p, "/") != 0) {
+        goto bad;
+    }
+    unsigned char addr[sizeof(struct in6_addr)];
+    int family = is_v6 ? AF_INET6 : AF_INET;
+    if (!is_v6 && strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    if (inet_pton(family, host, addr) != 1)
+        goto bad_host;
+    char canon[INET6_ADDRSTRLEN], url[INET6_ADDRSTRLEN + 32];
+    inet_ntop(family, addr, canon, sizeof(canon));
+    snprintf(url, sizeof(url), is_v6 ? "redis://[%s]:%u/%u" : "redis://%s:%u/%u", canon, r->port, r->db);
+    r->host = conf_xstrdup(canon);
+    r->url = conf_xstrdup(url);
+    return true;
+bad:
+    conf_report(b->ld, &n->pos, "redis: invalid URL \"%s\" (expected redis://HOST[:PORT][/DB])", text);
+    return false;
+bad_port:
+    conf_report(b->ld, &n->pos, "redis: invalid port in \"%s\" (1..65535)", text);
+    return false;
+bad_host:
+    conf_report(b->ld, &n->pos,
+                "redis: invalid host in \"%s\": a numeric IPv4 address, [IPv6] or localhost (names are not "
+                "resolved)",
+                text);
+    return false;
+}
+
+static void parse_redis(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    struct conf_redis *r = conf_xcalloc(1, sizeof(*r));
+    r->pos = n->pos;
+    apply_defaults(b, CTX_REDIS, r);
+    if (n->has_block)
+        apply_block(b, CTX_REDIS, n, r);
+    if (!redis_url(b, n, n->argv[1], r)) {
+        free(r);
+        return;
+    }
+    conf->redis = r;
+}
+
+static void print_redis(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    if (conf->redis == NULL)
+        return;
+    fputc('\n', out);
+    print_nested(out, indent, d->name, conf->redis->url, CTX_REDIS, conf->redis);
+}
+
 /* --- cache (top level) --- */
 
 static void parse_cache(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
@@ -1094,6 +1208,10 @@ static void parse_cache(struct build *b, const struct conf_node *n, const struct
                     format_value(a, c->max_object, &sizes), format_value(m, c->memory, &sizes),
                     format_value(z, most, &sizes));
     }
+    if (c->redis && !has_kid(b->root, "redis"))
+        conf_report(b->ld, &find_kid(n, "redis")->pos,
+                    "redis on: cache \"%s\" needs a top-level redis directive (redis redis://HOST:PORT;)",
+                    c->name);
 }
 
 static void print_caches(FILE *out, int indent, const struct directive *d, const void *obj)
@@ -1561,6 +1679,7 @@ static const struct directive directives[] = {
     DIR_DURATION("shutdown_timeout", CTX_MAIN, struct conf, shutdown_timeout_ms, 0, MS_DAY, "30s"),
     DIR_NUMBER("max_connections", CTX_MAIN, struct conf, max_connections, 1, 10000000, "100000"),
     DIR_CUSTOM("admin", CTX_MAIN, CONF_BLOCK_OPTIONAL, 0, 1, ONCE, parse_admin, print_admin, "on"),
+    DIR_CUSTOM("redis", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_redis, print_redis, NULL),
     DIR_CUSTOM("upstream", CTX_MAIN, CONF_BLOCK, 1, 1, MULTI | EARLY, parse_upstream, print_upstreams, NULL),
     DIR_CUSTOM("cache", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, MULTI | EARLY, parse_cache, print_caches, NULL),
     DIR_CUSTOM("server", CTX_MAIN, CONF_BLOCK, 0, 0, MULTI, parse_server, print_servers, NULL),
@@ -1581,6 +1700,9 @@ static const struct directive directives[] = {
 
     DIR_SIZE("memory", CTX_CACHE, struct conf_cache, memory, MIB, 1024 * GIB, "256m"),
     DIR_SIZE("max_object", CTX_CACHE, struct conf_cache, max_object, 1, 128 * GIB, "8m"),
+    DIR_FLAG("redis", CTX_CACHE, struct conf_cache, redis, "off"),
+
+    DIR_DURATION("timeout", CTX_REDIS, struct conf_redis, timeout_ms, 1, 60 * MS_SECOND, "50ms"),
 
     DIR_CUSTOM("listen", CTX_SERVER, CONF_NO_BLOCK, 1, 4, MULTI, parse_listen, print_listens, NULL),
     DIR_CUSTOM("server_name", CTX_SERVER, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, MULTI, parse_server_name,
@@ -1856,6 +1978,11 @@ static void conf_free(struct conf *conf)
     for (size_t i = 0; i < conf->ncaches; i++)
         free(conf->caches[i].name);
     free(conf->caches);
+    if (conf->redis != NULL) {
+        free(conf->redis->url);
+        free(conf->redis->host);
+        free(conf->redis);
+    }
     for (size_t i = 0; i < conf->nservers; i++)
         server_dispose(&conf->servers[i]);
     free(conf->servers);
@@ -1877,7 +2004,7 @@ static struct conf *build_conf(struct conf_loader *ld, struct conf_node *root, c
         conf = conf_xcalloc(1, sizeof(*conf));
         atomic_init(&conf->refs, 1);
         conf->path = conf_xstrdup(path);
-        struct build b = {.ld = ld, .conf = conf};
+        struct build b = {.ld = ld, .conf = conf, .root = root};
         apply_defaults(&b, CTX_MAIN, conf);
         apply_defaults(&b, CTX_ADMIN, conf);
         apply_block(&b, CTX_MAIN, root, conf);

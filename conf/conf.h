@@ -80,6 +80,18 @@ struct conf_cache {
     uint64_t memory;     /* byte budget of the in-memory tier, default 256m */
     uint64_t max_object; /* largest response stored, default 8m (<= memory / 8) */
     struct conf_pos pos;
+    bool redis;          /* `redis on`: a second tier in the top-level redis, default off */
+};
+
+/* `redis redis://HOST[:PORT][/DB] { timeout D; }` at top level: the Redis
+ * every instance shares (cache second tier). */
+struct conf_redis {
+    char *url;           /* normalised: "redis://127.0.0.1:6379/0", "redis://[::1]:6379/0" */
+    char *host;          /* numeric IPv4 or IPv6 (no brackets); "localhost" is resolved at load */
+    uint16_t port;       /* default 6379 */
+    unsigned db;         /* default 0 */
+    uint64_t timeout_ms; /* each command's deadline, default 50ms */
+    struct conf_pos pos;
 };
 
 /* `ttl_status 404=30s 5xx=0 ...`: a status or a class (NXX) and a TTL (0 = never store). */
@@ -176,6 +188,7 @@ struct conf {
     size_t nupstreams;
     struct conf_cache *caches;
     size_t ncaches;
+    struct conf_redis *redis; /* NULL without a redis directive */
     struct conf_server *servers;
     size_t nservers;
 

@@ -37,6 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 SLUICE_BIN = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build/release/sluice"))
 ORIGIN_BIN = os.environ.get("SLUICE_ORIGIN_BIN", os.path.join(ROOT, "build/release/sluice-origin"))
 # Sanitizer builds are several times slower: timing bounds get this factor.
+# SLUICE_WRAP: a command that runs sluice (e.g. valgrind with its options), for `make valgrind`
+SLUICE_WRAP = os.environ.get("SLUICE_WRAP", "").split()
 SLOW = float(os.environ.get("SLUICE_TEST_SLOW", "3" if "asan" in SLUICE_BIN + ORIGIN_BIN else "1"))
 
 KiB = 1024
@@ -267,7 +269,7 @@ class Sluice:
         self.admin_port = admin_port
         self.ports = list(ports)
         self.write_conf(conf)
-        self.proc = Proc([SLUICE_BIN, "-c", self.conf_path], name="sluice", env=env)
+        self.proc = Proc(SLUICE_WRAP + [SLUICE_BIN, "-c", self.conf_path], name="sluice", env=env)
         for p in self.ports + ([admin_port] if admin_port else []):
             wait_port(p, timeout=10 * SLOW, proc=self.proc)
 

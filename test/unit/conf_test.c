@@ -97,6 +97,19 @@ static void assert_cache_equal(const struct conf_cache *a, const struct conf_cac
     ASSERT_STR_EQ(a->name, b->name);
     ASSERT_EQ(a->memory, b->memory);
     ASSERT_EQ(a->max_object, b->max_object);
+    ASSERT_EQ(a->redis, b->redis);
+}
+
+static void assert_redis_equal(const struct conf_redis *a, const struct conf_redis *b)
+{
+    ASSERT_EQ(a == NULL, b == NULL);
+    if (a == NULL)
+        return;
+    ASSERT_STR_EQ(a->url, b->url);
+    ASSERT_STR_EQ(a->host, b->host);
+    ASSERT_EQ(a->port, b->port);
+    ASSERT_EQ(a->db, b->db);
+    ASSERT_EQ(a->timeout_ms, b->timeout_ms);
 }
 
 static void assert_strings_equal(char *const *a, size_t na, char *const *b, size_t nb)
@@ -173,6 +186,7 @@ static void assert_conf_equal(const struct conf *a, const struct conf *b)
     ASSERT_EQ(a->ncaches, b->ncaches);
     for (size_t i = 0; i < a->ncaches; i++)
         assert_cache_equal(&a->caches[i], &b->caches[i]);
+    assert_redis_equal(a->redis, b->redis);
     ASSERT_EQ(a->nservers, b->nservers);
     for (size_t i = 0; i < a->nservers; i++) {
         const struct conf_server *x = &a->servers[i], *y = &b->servers[i];
@@ -829,9 +843,9 @@ TEST(directive_errors)
 TEST(future_directives_not_supported_yet)
 {
     static const char *const names[] = {
-        "limit",      "redis",        "analytics", "access_log", "retry",        "retry_budget",
-        "breaker",    "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent",
-        "tls_verify", "tls_ca",
+        "limit",        "analytics", "access_log", "retry",        "retry_budget",         "breaker",
+        "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent", "tls_verify",
+        "tls_ca",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char text[512], want[128];
@@ -1724,7 +1738,9 @@ TEST(cache_errors)
         {BASE "cache main { max_object 64m; }\n",
          "t.conf:3: max_object: 64m is more than memory / 8 (memory 256m, so at most 32m)\n"},
         {BASE "cache main { memory 1m; redis on; }\n",
-         "t.conf:3: directive \"redis\" is not supported yet\n"},
+         "t.conf:3: redis on: cache \"main\" needs a top-level redis directive (redis redis://HOST:PORT;)\n"},
+        {BASE "cache main { redis yes; }\n",
+         "t.conf:3: redis: invalid value \"yes\" (expected off or on)\n"},
         {BASE "cache main { ttl 1h; }\n", "t.conf:3: directive \"ttl\" is not allowed here\n"},
         /* the route's reference */
         {BASE "server { listen 9000; route /a { upstream u; cache nope; } }\n",
@@ -1735,7 +1751,7 @@ TEST(cache_errors)
          "t.conf:5: directive \"cache\" is repeated (first at t.conf:4)\n"},
         {ROUTE_CACHE("memory 1m;"), "t.conf:3: directive \"memory\" is not allowed here\n"},
         {ROUTE_CACHE("cache main;"), "t.conf:3: directive \"cache\" is not allowed here\n"},
-        {ROUTE_CACHE("redis on;"), "t.conf:3: directive \"redis\" is not supported yet\n"},
+        {ROUTE_CACHE("redis on;"), "t.conf:3: directive \"redis\" is not allowed here\n"},
         {BASE "server { listen 9000; route /a { upstream u; ttl 1h; } }\n",
          "t.conf:3: directive \"ttl\" is not allowed here\n"},
         {BASE "server { listen 9000; ttl 1h; }\n", "t.conf:3: directive \"ttl\" is not allowed here\n"},
@@ -1891,8 +1907,9 @@ TEST(cache_errors_in_one_run)
                   "    key path,foo header:A,header:a;\n"
                   "    stale_if_error 2d;\n"
                   "} } }\n",
-                  "t.conf:1: directive \"redis\" is not supported yet\n"
                   "t.conf:1: max_object: 1m is more than memory / 8 (memory 2m, so at most 256k)\n"
+                  "t.conf:1: redis on: cache \"main\" needs a top-level redis directive (redis "
+                  "redis://HOST:PORT;)\n"
                   "t.conf:3: unknown cache \"nope\"\n"
                   "t.conf:5: ttl: 0s is out of range (1ms..365d)\n"
                   "t.conf:6: ttl_status: \"404=1s\" never applies: \"404=1s\" comes first\n"
@@ -1909,8 +1926,8 @@ TEST(cache_print_round_trip)
     struct conf *c = load_ok(cache_conf);
     assert_round_trip(c);
     char *text = print_conf(c);
-    ASSERT_CONTAINS(text, "\ncache main {\n    memory 512m;\n    max_object 16m;\n}\n");
-    ASSERT_CONTAINS(text, "\ncache small {\n    memory 1m;\n    max_object 128k;\n}\n");
+    ASSERT_CONTAINS(text, "\ncache main {\n    memory 512m;\n    max_object 16m;\n    redis off;\n}\n");
+    ASSERT_CONTAINS(text, "\ncache small {\n    memory 1m;\n    max_object 128k;\n    redis off;\n}\n");
     ASSERT_CONTAINS(
         text, "    route /v1/chat {\n"
               "        upstream u;\n"
@@ -1948,6 +1965,7 @@ TEST(cache_print_defaults_exact)
                           "cache main {\n"
                           "    memory 256m;\n"
                           "    max_object 8m;\n"
+                          "    redis off;\n"
                           "}\n"
                           "\n"
                           "server {\n");
@@ -2009,6 +2027,173 @@ TEST(cache_many_routes_load_fast)
     ASSERT_STR_EQ(c->servers[0].routes[0].cache->cache->name, "c10000");
     conf_unref(c);
     free(text);
+}
+
+/* --- redis --- */
+
+TEST(redis_every_value)
+{
+    struct conf *c = load_ok("cache main { memory 64m; redis on; }\n"
+                             "cache local { redis off; }\n" BASE "redis redis://10.1.2.3:6380/7 {\n"
+                             "    timeout 250ms;\n"
+                             "}\n");
+    const struct conf_redis *r = c->redis;
+    ASSERT(r != NULL);
+    ASSERT_STR_EQ(r->url, "redis://10.1.2.3:6380/7");
+    ASSERT_STR_EQ(r->host, "10.1.2.3");
+    ASSERT_EQ(r->port, 6380);
+    ASSERT_EQ(r->db, 7);
+    ASSERT_EQ(r->timeout_ms, 250);
+    ASSERT_EQ(r->pos.line, 5);
+    ASSERT(c->caches[0].redis);
+    ASSERT(!c->caches[1].redis);
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(redis_defaults)
+{
+    struct conf *c = load_ok(BASE "redis redis://127.0.0.1;\ncache main;\n");
+    ASSERT_STR_EQ(c->redis->url, "redis://127.0.0.1:6379/0");
+    ASSERT_EQ(c->redis->port, 6379);
+    ASSERT_EQ(c->redis->db, 0);
+    ASSERT_EQ(c->redis->timeout_ms, 50);
+    ASSERT(!c->caches[0].redis);
+    conf_unref(c);
+    /* without a redis directive there is none */
+    c = load_ok(BASE);
+    ASSERT(c->redis == NULL);
+    conf_unref(c);
+}
+
+TEST(redis_url_forms)
+{
+    static const struct {
+        const char *url, *host, *norm;
+        uint16_t port;
+        unsigned db;
+    } cases[] = {
+        {"redis://localhost", "127.0.0.1", "redis://127.0.0.1:6379/0", 6379, 0},
+        {"redis://localhost:7000/3", "127.0.0.1", "redis://127.0.0.1:7000/3", 7000, 3},
+        {"redis://127.0.0.1:6379/", "127.0.0.1", "redis://127.0.0.1:6379/0", 6379, 0},
+        {"redis://127.0.0.1/15", "127.0.0.1", "redis://127.0.0.1:6379/15", 6379, 15},
+        {"redis://[::1]:6390/2", "::1", "redis://[::1]:6390/2", 6390, 2},
+        {"redis://[0:0::1]", "::1", "redis://[::1]:6379/0", 6379, 0},
+        {"redis://[fe80::1:2]:1/65535", "fe80::1:2", "redis://[fe80::1:2]:1/65535", 1, 65535},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *text = format(BASE "redis %s;\n", cases[i].url);
+        struct conf *c = load_ok(text);
+        ASSERT_STR_EQ(c->redis->host, cases[i].host);
+        ASSERT_STR_EQ(c->redis->url, cases[i].norm);
+        ASSERT_EQ(c->redis->port, cases[i].port);
+        ASSERT_EQ(c->redis->db, cases[i].db);
+        assert_round_trip(c);
+        conf_unref(c);
+        free(text);
+    }
+}
+
+#define REDIS_HOST_ERROR(url)                                                                                \
+    "t.conf:3: redis: invalid host in \"" url "\": a numeric IPv4 address, [IPv6] or localhost (names are "  \
+    "not resolved)\n"
+
+TEST(redis_errors)
+{
+    static const struct error_case cases[] = {
+        {BASE "redis cache.internal:6379;\n",
+         "t.conf:3: redis: invalid URL \"cache.internal:6379\" (expected redis://HOST[:PORT][/DB])\n"},
+        {BASE "redis rediss://10.0.0.1:6380;\n",
+         "t.conf:3: redis: invalid URL \"rediss://10.0.0.1:6380\" (expected redis://HOST[:PORT][/DB]; TLS is "
+         "not supported)\n"},
+        {BASE "redis redis://cache.internal:6379;\n", REDIS_HOST_ERROR("redis://cache.internal:6379")},
+        {BASE "redis redis://:6379;\n", REDIS_HOST_ERROR("redis://:6379")},
+        {BASE "redis redis://;\n", REDIS_HOST_ERROR("redis://")},
+        {BASE "redis redis://1.2.3;\n", REDIS_HOST_ERROR("redis://1.2.3")},
+        {BASE "redis redis://[127.0.0.1]:1;\n", REDIS_HOST_ERROR("redis://[127.0.0.1]:1")},
+        {BASE "redis redis://[::1:1;\n",
+         "t.conf:3: redis: invalid URL \"redis://[::1:1\" (expected redis://HOST[:PORT][/DB])\n"},
+        {BASE "redis redis://[::1]x;\n",
+         "t.conf:3: redis: invalid URL \"redis://[::1]x\" (expected redis://HOST[:PORT][/DB])\n"},
+        {BASE "redis redis://user:pw@10.0.0.1:6379;\n",
+         "t.conf:3: redis: a user or password in the URL is not supported\n"},
+        {BASE "redis redis://10.0.0.1:0;\n",
+         "t.conf:3: redis: invalid port in \"redis://10.0.0.1:0\" (1..65535)\n"},
+        {BASE "redis redis://10.0.0.1:65536;\n",
+         "t.conf:3: redis: invalid port in \"redis://10.0.0.1:65536\" (1..65535)\n"},
+        {BASE "redis redis://10.0.0.1:;\n",
+         "t.conf:3: redis: invalid port in \"redis://10.0.0.1:\" (1..65535)\n"},
+        {BASE "redis redis://10.0.0.1:123456789;\n",
+         "t.conf:3: redis: invalid port in \"redis://10.0.0.1:123456789\" (1..65535)\n"},
+        {BASE "redis redis://10.0.0.1/65536;\n",
+         "t.conf:3: redis database: 65536 is out of range (0..65535)\n"},
+        {BASE "redis redis://10.0.0.1/x;\n",
+         "t.conf:3: redis database: invalid number \"x\": expected a number\n"},
+        {BASE "redis redis://10.0.0.1/0?timeout=1;\n",
+         "t.conf:3: redis database: invalid number \"0?timeout=1\": expected a number\n"},
+        {BASE "redis redis://10.0.0.1 { timeout 0s; }\n",
+         "t.conf:3: timeout: 0s is out of range (1ms..1m)\n"},
+        {BASE "redis redis://10.0.0.1 { timeout 61s; }\n",
+         "t.conf:3: timeout: 61s is out of range (1ms..1m)\n"},
+        {BASE "redis redis://10.0.0.1 { timeout 5; }\n",
+         "t.conf:3: timeout: invalid duration \"5\": a unit is required: ms, s, m, h or d\n"},
+        {BASE "redis redis://10.0.0.1 { memory 1m; }\n",
+         "t.conf:3: directive \"memory\" is not allowed here\n"},
+        {BASE "redis;\n", "t.conf:3: directive \"redis\" takes 1 argument, got 0\n"},
+        {BASE "redis redis://10.0.0.1;\nredis redis://10.0.0.2;\n",
+         "t.conf:4: directive \"redis\" is repeated (first at t.conf:3)\n"},
+        {BASE "server { listen 9000; route /a { upstream u; redis on; } }\n",
+         "t.conf:3: directive \"redis\" is not allowed here\n"},
+        {BASE "admin { redis redis://10.0.0.1; }\n", "t.conf:3: directive \"redis\" is not allowed here\n"},
+        /* a bad top-level redis is reported once, not again for the caches using it */
+        {BASE "redis redis://nope;\ncache main { redis on; }\n", REDIS_HOST_ERROR("redis://nope")},
+        {BASE "cache a {\n  redis on;\n}\ncache b { redis on; }\n",
+         "t.conf:4: redis on: cache \"a\" needs a top-level redis directive (redis redis://HOST:PORT;)\n"
+         "t.conf:6: redis on: cache \"b\" needs a top-level redis directive (redis redis://HOST:PORT;)\n"},
+    };
+    CHECK_ERROR_CASES(cases);
+}
+
+/* The redis directive may come after the caches that use it, or from an include. */
+TEST(redis_after_its_caches_and_included)
+{
+    struct conf *c = load_ok("cache main { redis on; }\n" BASE "redis redis://127.0.0.1:6379;\n");
+    ASSERT(c->caches[0].redis);
+    ASSERT(c->redis != NULL);
+    conf_unref(c);
+
+    make_tmpdir();
+    write_file("redis.conf", "redis redis://[::1]:6379/1 { timeout 1s; }\n");
+    const char *path = write_file("main.conf", "include redis.conf;\ncache main { redis on; }\n" BASE);
+    char *err = load_file_errors(path, &c);
+    ASSERT_STR_EQ(err, "");
+    free(err);
+    ASSERT_STR_EQ(c->redis->url, "redis://[::1]:6379/1");
+    ASSERT_EQ(c->redis->timeout_ms, 1000);
+    conf_unref(c);
+    remove_tmpdir();
+}
+
+TEST(redis_print_exact)
+{
+    struct conf *c = load_ok("redis redis://localhost:6379/2;\ncache main { redis on; }\n" BASE);
+    char *text = print_conf(c);
+    ASSERT_CONTAINS(text, "    listen 127.0.0.1:9901;\n"
+                          "}\n"
+                          "\n"
+                          "redis redis://127.0.0.1:6379/2 {\n"
+                          "    timeout 50ms;\n"
+                          "}\n"
+                          "\n"
+                          "upstream u {\n");
+    ASSERT_CONTAINS(text, "cache main {\n"
+                          "    memory 256m;\n"
+                          "    max_object 8m;\n"
+                          "    redis on;\n"
+                          "}\n");
+    assert_round_trip(c);
+    free(text);
+    conf_unref(c);
 }
 
 /* --- lifetime --- */
