@@ -143,7 +143,14 @@ static void render_stats(struct worker *w, struct strbuf *sb)
     bool first = true;
     struct cache_render r = {sb, &first};
     cache_foreach(render_cache, &r);
-    strbuf_puts(sb, "}}\n");
+    struct cache_tier_stats ts;
+    cache_tier_get_stats(&ts);
+    strbuf_printf(sb,
+                  "},\"redis_tier\":{\"puts\":%llu,\"put_errors\":%llu,\"gets\":%llu,\"hits\":%llu,\"misses\":%llu,"
+                  "\"get_errors\":%llu,\"bad_blobs\":%llu}}\n",
+                  (unsigned long long)ts.puts, (unsigned long long)ts.put_errors, (unsigned long long)ts.gets,
+                  (unsigned long long)ts.hits, (unsigned long long)ts.misses, (unsigned long long)ts.get_errors,
+                  (unsigned long long)ts.bad_blobs);
 }
 
 static bool token_ok(const struct conf *conf, const char *auth)

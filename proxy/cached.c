@@ -479,12 +479,59 @@ void cached_body_complete(struct conn *c)
         req_forward(c);
 }
 
+static struct cache_lookup_req lookup_req(struct conn *c)
+{
+    return (struct cache_lookup_req){c->key, c->key_len, c->url_off, c->url_len, c->key_hash, rq_header, c};
+}
+
+static bool decide(struct conn *c, struct cache_entry *e, struct cache_fill *fill);
+
+/* The second tier answered a memory miss: an entry found there joins the
+ * memory store and is used like one found there; a miss or a failure (Redis
+ * down, slow: -ETIMEDOUT) falls through to the origin at once. */
+static void on_tier(void *arg, int status, struct cache_entry *e)
+{
+    struct conn *c = arg;
+    if (c->is_closing) {
+        if (e != NULL)
+            cache_entry_release(e);
+        conn_unref(c);
+        return;
+    }
+    conn_unref(c); /* the connection is open: this only drops the get's count */
+    if (status < 0) {
+        STATS_INC(c->rstats->cache_redis_error);
+    } else if (e != NULL) {
+        STATS_INC(c->rstats->cache_redis_hit);
+        cache_insert(c->store, e);
+    }
+    if (!decide(c, e, NULL)) {
+        if (c->rqf.cc.only_if_cached)
+            respond_error(c, 504, "only-if-cached and the cache has no usable response");
+        else
+            req_forward(c);
+    }
+}
+
+static bool tier_get(struct conn *c)
+{
+    struct redis_conn *r = c->w->redis;
+    if (!c->rc->cache->redis || r == NULL || c->rqf.cc.no_store)
+        return false;
+    int rc = cache_tier_get(r, c->key, c->key_len, rq_header, c, on_tier, c);
+    if (rc != 0) {
+        STATS_INC(c->rstats->cache_redis_error);
+        return false;
+    }
+    c->open_handles++; /* the connection outlives the get (see on_tier) */
+    c->state = CS_WAIT;
+    return true;
+}
+
 /* Looks the request up (its head, and the body digest when the route keys
- * on it): true when answered or joined. */
+ * on it): true when answered, joined, or waiting for the second tier. */
 static bool lookup(struct conn *c, const unsigned char *body_sha256)
 {
-    const struct conf_route_cache *rc = c->rc;
-    bool is_head = c->method == HTTP_HEAD;
     cache_request_facts_init(&c->rqf, c->method);
     for (unsigned i = 0; i < c->rq.n; i++) {
         size_t nl, vl;
@@ -497,9 +544,22 @@ static bool lookup(struct conn *c, const unsigned char *body_sha256)
         return false;
     }
     c->key_hash = cache_hash(c->key, c->key_len);
-    struct cache_lookup_req lr = {c->key, c->key_len, c->url_off, c->url_len, c->key_hash, rq_header, c};
+    struct cache_lookup_req lr = lookup_req(c);
     struct cache_fill *fill = NULL;
     struct cache_entry *e = cache_lookup(c->store, &lr, &fill);
+    if (e == NULL && fill == NULL && tier_get(c))
+        return true;
+    return decide(c, e, fill);
+}
+
+/* What the lookup found (e, fill: refs the caller gives up) decides: a hit
+ * answers, a fill is joined, else the request goes upstream (the filler, a
+ * revalidation, a bypass).  True when the request was answered or joined. */
+static bool decide(struct conn *c, struct cache_entry *e, struct cache_fill *fill)
+{
+    const struct conf_route_cache *rc = c->rc;
+    bool is_head = c->method == HTTP_HEAD;
+    struct cache_lookup_req lr = lookup_req(c);
     int64_t now = wall_ms();
     if (e != NULL && e->is_chunked && !client_is_http11(c)) {
         cache_entry_release(e);
@@ -733,6 +793,27 @@ static char *fill_body_copy(struct cache_fill *f, size_t *len)
     return out;
 }
 
+static int64_t max64(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* Shares the entry just stored with the other instances, for as long as it
+ * may serve: fresh, then its stale windows. */
+static void tier_put(struct conn *c)
+{
+    struct cache_lookup_req lr = lookup_req(c);
+    struct cache_entry *e = cache_lookup(c->store, &lr, NULL);
+    if (e == NULL)
+        return;
+    int64_t ttl = e->ttl.fresh_ms - e->ttl.initial_age_ms +
+                  max64(max64(e->ttl.swr_ms, e->ttl.sie_ms),
+                        (int64_t)max64(c->rc->stale_while_revalidate_ms, c->rc->stale_if_error_ms));
+    if (ttl > 0 && cache_tier_put(c->w->redis, e, ttl) != 0)
+        STATS_INC(c->rstats->cache_redis_error);
+    cache_entry_release(e);
+}
+
 static void publish_as(struct conn *c, unsigned status, const char *etag_value)
 {
     struct cache_fill *f = c->fill;
@@ -769,11 +850,14 @@ static void publish_as(struct conn *c, unsigned status, const char *etag_value)
         .etag = (char *)etag_value,
         .tags = c->rsf.tags,
     };
-    if (cache_fill_finish(f, &meta) != 0)
+    int rc = cache_fill_finish(f, &meta);
+    if (rc != 0)
         cache_fill_abort(f);
     cache_fill_release(f);
     c->fill = NULL;
     c->fill_on = false;
+    if (rc == 0 && c->rc->cache->redis && c->w->redis != NULL)
+        tier_put(c);
 }
 
 /* Fields a 304 does not replace in the stored head (RFC 9111 3.2): framing,

@@ -131,6 +131,9 @@ void count_status(struct conn *c, unsigned status);
 void req_done(struct conn *c);
 void req_forward(struct conn *c);
 void conn_abort(struct conn *c, enum stats_error why);
+/* open_handles counts the closes (and the async operations, like a Redis
+ * get) the connection waits for; the last one frees it. */
+void conn_unref(struct conn *c);
 void respond_error(struct conn *c, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* cached.c */

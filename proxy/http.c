@@ -161,9 +161,8 @@ void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
 
 /* ---- closing ---- */
 
-static void on_conn_closed(uv_handle_t *h)
+void conn_unref(struct conn *c)
 {
-    struct conn *c = h->data;
     if (--c->open_handles > 0)
         return;
     struct worker *w = c->w;
@@ -176,6 +175,11 @@ static void on_conn_closed(uv_handle_t *h)
     atomic_fetch_sub_explicit(&proxy_info.connections, 1, memory_order_relaxed);
     STATS_ADD(w->proc->active, -1);
     worker_maybe_stop(w);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    conn_unref(h->data);
 }
 
 static void req_release(struct conn *c)

@@ -88,6 +88,8 @@ struct worker {
     struct list conns;
     unsigned nconns;
     struct list woken; /* connections a cache fill woke (under lock) */
+    struct redis_conn *redis; /* the cache's second tier, when the conf has redis */
+    char *redis_url;
     struct upstream_pool *pool;
     struct stats_counters *proc; /* this worker's slot of the "process" set */
     bool is_draining;

@@ -14,6 +14,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/outq.h"
+#include "common/redis.h"
 #include "proxy/conn.h"
 
 int listen_socket_open(const struct sockaddr *addr, socklen_t len)
@@ -110,11 +111,38 @@ static bool gen_listens_on(const struct proxy_gen *g, const struct listener *l, 
     return false;
 }
 
+static void redis_drop(struct worker *w)
+{
+    if (w->redis != NULL)
+        redis_conn_destroy(w->redis);
+    w->redis = NULL;
+    free(w->redis_url);
+    w->redis_url = NULL;
+}
+
+/* One Redis connection per worker (hiredis contexts belong to one loop),
+ * made again only when a reload changes the URL. */
+static void redis_follow(struct worker *w, const struct conf_redis *r)
+{
+    if (r != NULL && w->redis_url != NULL && strcmp(r->url, w->redis_url) == 0)
+        return;
+    redis_drop(w);
+    if (r == NULL)
+        return;
+    w->redis = redis_conn_create(&w->loop, r->host, r->port, r->db, r->timeout_ms);
+    if (w->redis == NULL) {
+        log_error("proxy", "%s:%d: redis %s: %s", r->pos.file, r->pos.line, r->url, strerror(errno));
+        return;
+    }
+    w->redis_url = strdup(r->url);
+}
+
 void worker_maybe_stop(struct worker *w)
 {
     if (!w->is_draining || w->nconns > 0 || w->is_stopping)
         return;
     w->is_stopping = true;
+    redis_drop(w);
     close_listeners(w);
     upstream_pool_destroy(w->pool);
     w->pool = NULL;
@@ -125,6 +153,7 @@ static void apply_gen(struct worker *w, struct worker_msg *m)
 {
     struct proxy_gen *old = w->gen;
     w->gen = m->gen;
+    redis_follow(w, w->gen->conf->redis);
     struct list *it = w->listeners.next;
     while (it != &w->listeners) {
         struct listener *l = LIST_ENTRY(it, struct listener, link);

@@ -168,6 +168,8 @@ void stats_sum(struct stats_set *set, struct stats_total *out)
         out->cache_stale += ld(&c->cache_stale);
         out->cache_revalidated += ld(&c->cache_revalidated);
         out->cache_coalesced += ld(&c->cache_coalesced);
+        out->cache_redis_hit += ld(&c->cache_redis_hit);
+        out->cache_redis_error += ld(&c->cache_redis_error);
         for (unsigned i = 0; i < STATS_ERR__COUNT; i++)
             out->errors[i] += ld(&c->errors[i]);
         hist_merge(&out->latency, &c->latency);
@@ -193,12 +195,16 @@ static void render_set(struct strbuf *sb, struct stats_set *set)
                   ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ",\"active\":%" PRId64
                   ",\"pool_reuse\":%" PRIu64 ",\"pool_new\":%" PRIu64 ",\"retries_idle\":%" PRIu64,
                   t.bytes_in, t.bytes_out, t.active, t.pool_reuse, t.pool_new, t.retries_idle);
-    if (t.cache_hit + t.cache_miss + t.cache_stale + t.cache_revalidated + t.cache_coalesced > 0) {
+    if (t.cache_hit + t.cache_miss + t.cache_stale + t.cache_revalidated + t.cache_coalesced +
+            t.cache_redis_hit + t.cache_redis_error >
+        0) {
         /* only sets that saw cache traffic carry the block: keeps plain routes short */
         strbuf_printf(sb,
                       ",\"cache\":{\"hit\":%" PRIu64 ",\"miss\":%" PRIu64 ",\"stale\":%" PRIu64
-                      ",\"revalidated\":%" PRIu64 ",\"coalesced\":%" PRIu64 "}",
-                      t.cache_hit, t.cache_miss, t.cache_stale, t.cache_revalidated, t.cache_coalesced);
+                      ",\"revalidated\":%" PRIu64 ",\"coalesced\":%" PRIu64 ",\"redis_hit\":%" PRIu64
+                      ",\"redis_error\":%" PRIu64 "}",
+                      t.cache_hit, t.cache_miss, t.cache_stale, t.cache_revalidated, t.cache_coalesced,
+                      t.cache_redis_hit, t.cache_redis_error);
     }
     strbuf_puts(sb, ",\"errors\":{");
     for (unsigned i = 0; i < STATS_ERR__COUNT; i++)

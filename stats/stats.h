@@ -51,6 +51,8 @@ struct stats_counters {
     _Atomic uint64_t cache_stale;       /* answered stale because the upstream failed (stale-if-error) */
     _Atomic uint64_t cache_revalidated; /* a stored response freshened by a 304 */
     _Atomic uint64_t cache_coalesced;   /* joined another request's fill instead of going upstream */
+    _Atomic uint64_t cache_redis_hit;   /* a memory miss found in the Redis tier */
+    _Atomic uint64_t cache_redis_error; /* the Redis tier failed, was down or slow: the origin answered */
     _Atomic uint64_t errors[STATS_ERR__COUNT];
     struct hist latency; /* route: first byte -> response complete; server: request sent -> head */
 } __attribute__((aligned(64)));
@@ -77,7 +79,8 @@ struct stats_counters *stats_slot(struct stats_set *set, unsigned worker);
 /* Sums every worker slot of a set (any thread). */
 struct stats_total {
     uint64_t requests, status[6], bytes_in, bytes_out, pool_reuse, pool_new, retries_idle;
-    uint64_t cache_hit, cache_miss, cache_stale, cache_revalidated, cache_coalesced;
+    uint64_t cache_hit, cache_miss, cache_stale, cache_revalidated, cache_coalesced, cache_redis_hit,
+        cache_redis_error;
     int64_t active;
     uint64_t errors[STATS_ERR__COUNT];
     struct hist_snapshot latency;
