@@ -1924,6 +1924,12 @@ static void check_conf(struct build *b, const struct conf_node *root)
         conf_report(b->ld, &(struct conf_pos){b->ld->files[0], 0}, "no server block");
     REPORT_REPEATS(b, "upstream", b->conf->upstreams, b->conf->nupstreams, name);
     REPORT_REPEATS(b, "cache", b->conf->caches, b->conf->ncaches, name);
+    /* the directive parses all three so confs keep working when they land;
+     * until then a policy the proxy would not apply is refused, not ignored */
+    for (size_t i = 0; i < b->conf->nupstreams; i++)
+        if (b->conf->upstreams[i].balance != CONF_BALANCE_ROUND_ROBIN)
+            conf_report(b->ld, &b->conf->upstreams[i].pos, "upstream %s: balance %s is not supported yet (round_robin)",
+                        b->conf->upstreams[i].name, balances[b->conf->upstreams[i].balance]);
     check_listens(b);
 }
 

@@ -333,14 +333,14 @@ static const char full_conf[] =
     "    server 10.0.0.5:8000 weight=2;\n"
     "    server Backend.internal:8001 backup;\n"
     "    server [::1]:8443 tls weight=1000;\n"
-    "    balance p2c;\n"
+    "    balance round_robin;\n"
     "    keepalive 10;\n"
     "    keepalive_timeout 30s;\n"
     "    connect_timeout 250ms;\n"
     "    header_timeout 1m;\n"
     "    idle_timeout 1h;\n"
     "}\n"
-    "upstream static { server 127.0.0.1:9000; balance least_conn; keepalive 0; }\n"
+    "upstream static { server 127.0.0.1:9000; balance round_robin; keepalive 0; }\n"
     "server {\n"
     "    listen 8080;\n"
     "    listen *:8443 tls cert=/etc/s/site.crt key=site.key;\n"
@@ -413,13 +413,13 @@ TEST(full_conf_every_value)
     ASSERT_EQ(api->servers[2].port, 8443);
     ASSERT_EQ(api->servers[2].weight, 1000);
     ASSERT(api->servers[2].tls && !api->servers[2].backup);
-    ASSERT_EQ(api->balance, CONF_BALANCE_P2C);
+    ASSERT_EQ(api->balance, CONF_BALANCE_ROUND_ROBIN);
     ASSERT_EQ(api->keepalive, 10);
     ASSERT_EQ(api->keepalive_timeout_ms, 30000);
     ASSERT_EQ(api->connect_timeout_ms, 250);
     ASSERT_EQ(api->header_timeout_ms, 60000);
     ASSERT_EQ(api->idle_timeout_ms, 3600000);
-    ASSERT_EQ(c->upstreams[1].balance, CONF_BALANCE_LEAST_CONN);
+    ASSERT_EQ(c->upstreams[1].balance, CONF_BALANCE_ROUND_ROBIN);
     ASSERT_EQ(c->upstreams[1].keepalive, 0);
 
     ASSERT_EQ(c->nservers, 2);
@@ -874,6 +874,8 @@ TEST(value_errors)
          "t.conf:3: error_log: invalid value \"loud\" (expected error, warn, info or debug)\n"},
         {BASE "error_log /var/log/x info;\n",
          "t.conf:3: error_log: only stderr is supported for now, not \"/var/log/x\"\n"},
+        {BASE "upstream w { server 1.2.3.4:80; balance p2c; }\n",
+         "t.conf:3: upstream w: balance p2c is not supported yet (round_robin)\n"},
         {BASE "upstream v { server 1.2.3.4:80; balance random; }\n",
          "t.conf:3: balance: invalid value \"random\" (expected round_robin, least_conn or p2c)\n"},
         {BASE "upstream v { server 1.2.3.4:80; keepalive 10001; }\n",
