@@ -962,6 +962,19 @@ static void store_refreshed(struct conn *c, const struct cache_entry *e, const c
     publish_as(c, e->status, e->etag);
 }
 
+/* The origin failed (an error status, refused, timed out): the stored
+ * response answers instead (RFC 5861 stale-if-error). */
+static void serve_stale_on_error(struct conn *c)
+{
+    struct cache_entry *e = c->entry;
+    c->entry = NULL;
+    c->x_cache = "STALE";
+    c->cache_detail = "hit; fwd=stale; detail=stale-if-error";
+    STATS_INC(c->rstats->cache_stale);
+    serve_entry(c, e, false);
+    cache_entry_release(e);
+}
+
 bool cached_response_done(struct conn *c)
 {
     if (c->rs_revalidated) {
@@ -982,13 +995,7 @@ bool cached_response_done(struct conn *c)
         return true;
     }
     if (c->rs_swallow) {
-        struct cache_entry *e = c->entry;
-        c->entry = NULL;
-        c->x_cache = "STALE";
-        c->cache_detail = "hit; fwd=stale; detail=stale-if-error";
-        STATS_INC(c->rstats->cache_stale);
-        serve_entry(c, e, false);
-        cache_entry_release(e);
+        serve_stale_on_error(c);
         return true;
     }
     if (c->fill_on) {
@@ -1004,13 +1011,7 @@ bool cached_upstream_failed(struct conn *c)
     fill_abort(c);
     if (!may_serve_stale_on_error(c) || c->rs_head_sent)
         return false;
-    struct cache_entry *e = c->entry;
-    c->entry = NULL;
-    c->x_cache = "STALE";
-    c->cache_detail = "hit; fwd=stale; detail=stale-if-error";
-    STATS_INC(c->rstats->cache_stale);
-    serve_entry(c, e, false);
-    cache_entry_release(e);
+    serve_stale_on_error(c);
     return true;
 }
 
