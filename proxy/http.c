@@ -715,7 +715,9 @@ static int rs_on_headers_complete(llhttp_t *p)
         return 2;
     }
     resp_write_head(c);
-    return c->method == HTTP_HEAD ? 1 : 0;
+    /* RFC 9112 6.3: these never have a body, whatever Content-Length says
+     * (llhttp 8 would wait for one after a 304 that carries it) */
+    return c->method == HTTP_HEAD || status == 204 || status == 304 ? 1 : 0;
 }
 
 static int rs_on_chunk_header(llhttp_t *p)

@@ -175,6 +175,15 @@ def chunked_and_sized_response_bodies():
 
 
 @test
+def a_304_with_content_length_has_no_body():
+    e = core()
+    with e.client() as c:
+        r = c.request("GET", "/status/304?header=Content-Length:10")
+        eq((r.status, r.body), (304, b""), "304 without body")
+        eq(c.get("/hello").status, 200, "the next request on the connection is answered")
+
+
+@test
 def close_delimited_upstream_body_is_rechunked():
     e = core()
     with e.client() as c:
