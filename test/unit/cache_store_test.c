@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 
 #include "cache/cache_int.h"
+#include "test/unit/hdr_stub.h"
 #include "test.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -28,24 +29,6 @@ static uint64_t hash_of(const char *s)
     return h;
 }
 
-struct hdr {
-    const char *name, *value;
-};
-
-static int get_hdr(void *arg, const char *lname, char *out, size_t cap)
-{
-    for (const struct hdr *h = arg; h != NULL && h->name != NULL; h++) {
-        if (strcmp(h->name, lname) == 0) {
-            size_t n = strlen(h->value);
-            if (n >= cap)
-                n = cap - 1;
-            memcpy(out, h->value, n);
-            out[n] = '\0';
-            return (int)n;
-        }
-    }
-    return -1;
-}
 
 /* Two requests that differ in Accept-Encoding. */
 static const struct hdr gzip[] = {{"accept-encoding", "gzip"}, {NULL, NULL}};

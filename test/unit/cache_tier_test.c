@@ -6,27 +6,12 @@
 #include <openssl/evp.h>
 
 #include "cache/cache_int.h"
+#include "test/unit/hdr_stub.h"
 #include "common/redis.h"
 #include "test/unit/redis_server.h"
 
 /* ---- entries ---- */
 
-struct hdr {
-    const char *name, *value;
-};
-
-static int get_hdr(void *arg, const char *lname, char *out, size_t cap)
-{
-    for (const struct hdr *h = arg; h != NULL && h->name != NULL; h++) {
-        if (strcmp(h->name, lname) == 0) {
-            size_t n = strlen(h->value) < cap ? strlen(h->value) : cap - 1;
-            memcpy(out, h->value, n);
-            out[n] = '\0';
-            return (int)n;
-        }
-    }
-    return -1;
-}
 
 static const struct hdr gzip[] = {{"accept-encoding", "gzip"}, {NULL, NULL}};
 static const struct hdr br[] = {{"accept-encoding", "br"}, {NULL, NULL}};
