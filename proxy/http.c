@@ -58,7 +58,12 @@ static void on_conn_timer(uv_timer_t *t);
 static void timer_set(struct conn *c, enum timer_kind kind, uint64_t ms)
 {
     c->timer_kind = kind;
-    if (kind == TK_NONE || ms == 0) {
+    /* TK_NONE leaves the timer armed: if it fires, on_conn_timer ignores it,
+     * and the next timer_set restarts it anyway (stopping costs a heap
+     * removal on every request for nothing) */
+    if (kind == TK_NONE)
+        return;
+    if (ms == 0) {
         uv_timer_stop(&c->timer);
         return;
     }
@@ -418,7 +423,8 @@ static void up_detach(struct conn *c, bool reusable)
     struct upstream_conn *uc = c->uc;
     c->uc = NULL;
     STATS_ADD(server_stats(c)->active, -1);
-    uv_timer_stop(&uc->timer);
+    if (!reusable)
+        uv_timer_stop(&uc->timer); /* upstream_pool_put restarts it otherwise */
     uc->on_read = NULL;
     if (c->up_parsing != NULL) {
         buf_unref(c->up_parsing);
