@@ -56,6 +56,8 @@ struct conn {
     bool client_eof;
     bool read_paused_bp; /* reading stopped by backpressure from the upstream side */
     bool in_parse;
+    const char *value_end;     /* where the last header value piece ended, to spot obs-fold */
+    struct buf *value_end_blk; /* and in which block */
     bool is_dispatched; /* the current request was routed */
 
     /* the generation of the current (or last) request: pinned while the

@@ -66,7 +66,8 @@ int head_add(struct head *h, enum head_part part, const char *at, size_t len)
         }
         h->fields[h->n++] = (struct head_field){.name = h->len};
     } else if (part == HEAD_VALUE && h->last != HEAD_VALUE) {
-        if (h->n == 0)
+        /* a value belongs to the name just before it: never to an earlier field */
+        if (h->n == 0 || h->last != HEAD_NAME)
             return -EINVAL;
         h->fields[h->n - 1].value = h->len;
     } else if (part == HEAD_FIRST && h->last != HEAD_FIRST) {
@@ -81,6 +82,11 @@ int head_add(struct head *h, enum head_part part, const char *at, size_t len)
     }
     h->last = part;
     return 0;
+}
+
+void head_field_done(struct head *h)
+{
+    h->last = HEAD_NONE;
 }
 
 const char *head_first(const struct head *h)

@@ -50,6 +50,9 @@ void head_dispose(struct head *h);
  * size limit, -E2BIG past the field limit. */
 int head_add(struct head *h, enum head_part part, const char *at, size_t len);
 
+/* Ends the current field: a value piece after it without a new name is an
+ * error (llhttp reports an empty name that way). */
+void head_field_done(struct head *h);
 const char *head_first(const struct head *h);
 /* Copies the first field named lname (lowercase) into out, NUL-terminated.  */
 bool head_get(const struct head *h, const char *lname, char *out, size_t cap);

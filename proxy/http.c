@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/buf.h"
 #include "common/log.h"
@@ -86,7 +87,9 @@ static const char *reason_phrase(unsigned status)
     case 431: return "Request Header Fields Too Large";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 501: return "Not Implemented";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -186,7 +189,8 @@ void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
     if (n > (int)sizeof(body) - 2)
         n = sizeof(body) - 2;
     body[n++] = '\n';
-    respond_local(c, status, "text/plain", body, (size_t)n, status == 400 || (status >= 413 && status < 500));
+    respond_local(c, status, "text/plain", body, (size_t)n,
+                  status == 400 || (status >= 413 && status < 500) || status == 501 || status == 505);
 }
 
 /* ---- closing ---- */
@@ -727,7 +731,16 @@ static int rs_on_header_value(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rs_trailers)
         return 0;
+    if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
+        return HPE_USER; /* obs-fold: never passed on to a client */
     return head_add(&c->rs, HEAD_VALUE, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int rs_on_header_value_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    head_field_done(&c->rs);
+    return 0;
 }
 
 static int rs_on_headers_complete(llhttp_t *p)
@@ -828,6 +841,7 @@ static const llhttp_settings_t response_settings = {
     .on_status = rs_on_status,
     .on_header_field = rs_on_header_field,
     .on_header_value = rs_on_header_value,
+    .on_header_value_complete = rs_on_header_value_complete,
     .on_headers_complete = rs_on_headers_complete,
     .on_chunk_header = rs_on_chunk_header,
     .on_chunk_complete = rs_on_chunk_complete,
@@ -1045,8 +1059,39 @@ static int rq_on_header_value(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rq_trailers)
         return 0;
-    if (head_add(&c->rq, HEAD_VALUE, at, len) != 0)
+    /* obs-fold (RFC 9112 5.2): llhttp joins the folded line to the value,
+     * skipping the line break; a value piece that does not start where the
+     * previous one ended in the same block is such a fold.  Refused: a
+     * request toward the upstream must never depend on how it is unfolded. */
+    bool same_block = c->value_end_blk == c->parsing;
+    if (c->rq.last == HEAD_VALUE && same_block && at != c->value_end)
+        return rq_limit(c, 400, "line folding in a header value");
+    if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
+        return rq_limit(c, 400, "a line break in a header value");
+    c->value_end = at + len;
+    c->value_end_blk = c->parsing;
+    int rc = head_add(&c->rq, HEAD_VALUE, at, len);
+    if (rc == -EINVAL)
+        return rq_limit(c, 400, "header field without a name");
+    if (rc != 0)
         return rq_limit(c, 431, "request head larger than max_header_size");
+    return 0;
+}
+
+static int rq_on_header_field_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->rq_trailers)
+        return 0;
+    if (c->rq.last != HEAD_NAME || c->rq.fields[c->rq.n - 1].name_len == 0)
+        return rq_limit(c, 400, "header field without a name");
+    return 0;
+}
+
+static int rq_on_header_value_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    head_field_done(&c->rq);
     return 0;
 }
 
@@ -1064,6 +1109,17 @@ static int rq_on_headers_complete(llhttp_t *p)
         p->content_length > c->srv->max_body_size) {
         c->err_status = 413;
         c->err_reason = "request body larger than max_body_size";
+    }
+    if (c->http_major != 1) {
+        c->err_status = 505;
+        c->err_reason = "only HTTP/1.0 and HTTP/1.1 are spoken here";
+    }
+    /* chunked alone: another coding before it would be dropped on the way
+     * upstream (the body is re-framed), so it is refused, not passed on */
+    char te[64];
+    if (c->rq_chunked && (!head_get(&c->rq, "transfer-encoding", te, sizeof(te)) || strcasecmp(te, "chunked") != 0)) {
+        c->err_status = 501;
+        c->err_reason = "transfer codings other than chunked are not supported";
     }
     c->state = CS_WAIT;
     timer_set(c, TK_NONE, 0);
@@ -1117,6 +1173,8 @@ static const llhttp_settings_t request_settings = {
     .on_url = rq_on_url,
     .on_header_field = rq_on_header_field,
     .on_header_value = rq_on_header_value,
+    .on_header_field_complete = rq_on_header_field_complete,
+    .on_header_value_complete = rq_on_header_value_complete,
     .on_headers_complete = rq_on_headers_complete,
     .on_chunk_header = rq_on_chunk_header,
     .on_chunk_complete = rq_on_chunk_complete,

@@ -352,7 +352,25 @@ MALFORMED = [
     ("two different Content-Length",
      b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
     ("bad chunk size", b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+    ("obs-fold", b"GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n"),
+    ("empty header name", b"GET /hello HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n"),
+    ("bare LF", b"GET /hello HTTP/1.1\nHost: x\n\n"),
+    ("control character in a value", b"GET /hello HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n"),
+    ("two Host headers", b"GET /hello HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
+    ("absolute-form target disagreeing with Host", b"GET http://evil/hello HTTP/1.1\r\nHost: x\r\n\r\n"),
 ]
+
+
+@test
+def unsupported_transfer_coding_and_version_are_refused():
+    e = core()
+    with e.client() as c:
+        c.send(b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+        eq(c.read_response().status, 501, "a coding before chunked would be dropped upstream: refused")
+        check(c.closed_by_peer(), "closed after the 501")
+    with e.client() as c:
+        c.send(b"GET /hello HTTP/2.0\r\nHost: x\r\n\r\n")
+        eq(c.read_response().status, 505, "HTTP/2.0 in an HTTP/1 request line")
 
 
 @test
