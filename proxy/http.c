@@ -1470,7 +1470,9 @@ void conn_accept(struct listener *l)
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
     c->state = CS_IDLE;
-    if (open > proxy_info.max_connections || w->is_draining) {
+    /* the admin listener stays reachable when the proxy is full: that is
+     * when an operator needs /stats */
+    if ((open > proxy_info.max_connections && !l->is_admin) || w->is_draining) {
         LOG_RATELIMITED(LOG_WARN, "proxy", "max_connections (%u) reached: closing new connections",
                         proxy_info.max_connections);
         conn_close(c);

@@ -116,9 +116,11 @@ def max_connections_refuses_the_one_too_many():
     # its own instance: the shared one closes silent connections after 500 ms
     e = Env(lambda env: limits_conf(env).replace("client_header_timeout 500ms;", "client_header_timeout 30s;"),
             workers=1)
-    held = [socket.create_connection(("127.0.0.1", e.port)) for _ in range(6)]
+    time.sleep(0.3)  # the start-up probes' connections are gone
+    held = [e.client() for _ in range(6)]
     try:
-        time.sleep(0.2)
+        for c in held:
+            eq(c.get("/hello").status, 200, "a connection within the limit")  # and it stays open
         extra = socket.create_connection(("127.0.0.1", e.port))
         extra.settimeout(2)
         try:
@@ -128,8 +130,9 @@ def max_connections_refuses_the_one_too_many():
             data = b""
         eq(data, b"", "the connection over max_connections is closed unanswered")
         extra.close()
+        eq(open_connections(e), 7, "the admin listener still answers when the proxy is full")
     finally:
-        for s in held:
-            s.close()
+        for c in held:
+            c.close()
     time.sleep(0.3)
     eq(e.get("/hello").status, 200, "served again once connections are free")
