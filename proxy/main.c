@@ -217,11 +217,37 @@ static int publish(struct proxy_gen *g)
 
 /* ---- start, reload ---- */
 
+/* The conf language already has TLS (listeners and upstream servers) so
+ * that confs keep working when it lands; until then the proxy refuses such a
+ * conf rather than speak plain text where TLS was asked for. */
+static int refuse_unsupported(const struct conf *conf, FILE *err)
+{
+    int n = 0;
+    for (size_t i = 0; i < conf->nservers; i++)
+        for (size_t j = 0; j < conf->servers[i].nlistens; j++) {
+            const struct conf_listen *l = &conf->servers[i].listens[j];
+            if (l->tls && ++n)
+                fprintf(err, "%s:%d: listen %s: tls is not supported yet\n", l->pos.file, l->pos.line, l->text);
+        }
+    for (size_t i = 0; i < conf->nupstreams; i++)
+        for (size_t j = 0; j < conf->upstreams[i].nservers; j++) {
+            const struct conf_upstream_server *s = &conf->upstreams[i].servers[j];
+            if (s->tls && ++n)
+                fprintf(err, "%s:%d: server %s: tls upstreams are not supported yet\n", s->pos.file, s->pos.line,
+                        s->name);
+        }
+    return n;
+}
+
 static struct conf *load(FILE *err)
 {
-    if (M.conf_path == NULL)
-        return conf_load_string(conf_embedded_default, "(embedded default)", err);
-    return conf_load_file(M.conf_path, err);
+    struct conf *conf = M.conf_path == NULL ? conf_load_string(conf_embedded_default, "(embedded default)", err)
+                                            : conf_load_file(M.conf_path, err);
+    if (conf != NULL && refuse_unsupported(conf, err) > 0) {
+        conf_unref(conf);
+        return NULL;
+    }
+    return conf;
 }
 
 static void start_workers(unsigned n)
