@@ -48,14 +48,6 @@ out:
     return s;
 }
 
-unsigned upstream_server_count(void)
-{
-    pthread_mutex_lock(&registry_lock);
-    unsigned n = registry_len;
-    pthread_mutex_unlock(&registry_lock);
-    return n;
-}
-
 /* ---- groups: resolution and balancing ---- */
 
 struct build {
@@ -214,7 +206,6 @@ struct upstream_pool {
     struct list *idle; /* per server id */
     unsigned *nidle;
     unsigned nservers;
-    unsigned total_idle;
     unsigned live; /* connections not yet freed */
     bool is_destroyed;
 };
@@ -280,7 +271,6 @@ static void unlink_idle(struct upstream_conn *uc)
         return;
     list_remove(&uc->link);
     uc->pool->nidle[uc->server_id]--;
-    uc->pool->total_idle--;
     uc->is_idle = false;
 }
 
@@ -304,11 +294,6 @@ void upstream_pool_destroy(struct upstream_pool *p)
         while (!list_is_empty(&p->idle[i]))
             upstream_conn_close(LIST_ENTRY(p->idle[i].next, struct upstream_conn, link));
     pool_maybe_free(p);
-}
-
-unsigned upstream_pool_idle_count(const struct upstream_pool *p)
-{
-    return p->total_idle;
 }
 
 static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
@@ -444,6 +429,5 @@ void upstream_pool_put(struct upstream_conn *uc, unsigned max_idle, uint64_t tim
     uv_timer_start(&uc->timer, idle_timeout, timeout_ms, 0);
     list_push(&p->idle[uc->server_id], &uc->link);
     p->nidle[uc->server_id]++;
-    p->total_idle++;
     uc->is_idle = true;
 }

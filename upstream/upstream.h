@@ -36,7 +36,6 @@ struct upstream_server {
 
 /* Finds or creates the identity of a server (main thread). */
 struct upstream_server *upstream_server_get(const char *group, const char *hostport);
-unsigned upstream_server_count(void);
 
 struct upstream_target {
     struct upstream_server *srv;
@@ -101,7 +100,6 @@ struct upstream_pool *upstream_pool_create(uv_loop_t *loop);
 /* Closes every idle connection; the pool frees itself once they are closed
  * (connections still owned by requests must have been closed before). */
 void upstream_pool_destroy(struct upstream_pool *pool);
-unsigned upstream_pool_idle_count(const struct upstream_pool *pool);
 
 /* An idle connection to target, taken out of the pool (timer stopped), or
  * NULL.  The caller sets owner and on_read. */
