@@ -60,6 +60,53 @@ struct conf_upstream_server {
     struct conf_pos pos;
 };
 
+/* A set of HTTP statuses (100..599), for `on=` lists. */
+struct conf_status_set {
+    uint64_t bits[10];
+};
+#define CONF_STATUS_HAS(set, st) ((st) < 640 && ((set)->bits[(st) / 64] >> ((st) % 64) & 1))
+
+/* `breaker failures=5 ratio=50% window=30s min=20 open=60s max_open=10m half_open=3 on=...`
+ * in an upstream: one breaker per server of the upstream, shared by all workers. */
+struct conf_breaker {
+    bool enabled;              /* a breaker directive is present */
+    unsigned failures;         /* consecutive failures that open it, default 5; 0 = off */
+    unsigned ratio_pct;        /* failure share over window that opens it, default 50; 0 = off */
+    uint64_t window_ms;        /* default 30s */
+    unsigned min_requests;     /* requests in the window before the ratio counts, default 20 */
+    uint64_t open_ms;          /* first open period, default 30s */
+    uint64_t max_open_ms;      /* open periods double on repeated trips up to this, default 10m */
+    unsigned half_open;        /* probes let through, and successes that close it, default 3 */
+    struct conf_status_set on; /* statuses that count as failures, default 429,500,502,503,504 */
+};
+
+/* Retry conditions (`retry N on=...`). */
+enum conf_retry_on {
+    CONF_RETRY_CONNECT = 1u << 0, /* connect refused / failed / timed out */
+    CONF_RETRY_TIMEOUT = 1u << 1, /* header timeout */
+    CONF_RETRY_RESET = 1u << 2,   /* closed or reset before a complete response head */
+};
+
+struct conf_retry {
+    unsigned tries;            /* retries after the first try, default 0 (none) */
+    unsigned on;               /* enum conf_retry_on bits */
+    struct conf_status_set on_status; /* statuses retried */
+    uint64_t backoff_base_ms;  /* default 100ms */
+    uint64_t backoff_cap_ms;   /* default 2s */
+    uint64_t body_max;         /* request bodies kept for replay up to this size, default 64k */
+    unsigned budget_pct;       /* `retry_budget P% min=N/s`: default 20 */
+    unsigned budget_min_per_s; /* default 10 */
+};
+
+/* `health_check PATH interval= timeout= rise= fall=` */
+struct conf_health_check {
+    char *path; /* NULL: no active checks */
+    uint64_t interval_ms; /* default 5s */
+    uint64_t timeout_ms;  /* default 2s */
+    unsigned rise;        /* successes that bring a down server back, default 2 */
+    unsigned fall;        /* failures that take it down, default 3 */
+};
+
 struct conf_upstream {
     char *name;
     struct conf_upstream_server *servers;
@@ -70,6 +117,11 @@ struct conf_upstream {
     uint64_t connect_timeout_ms;    /* default 5s */
     uint64_t header_timeout_ms;     /* request sent -> response head complete, default 60s */
     uint64_t idle_timeout_ms;       /* max silence while a response body streams, default 60s */
+    unsigned max_fails;             /* passive health: failures in a row that mark a server down, default 1 */
+    uint64_t fail_timeout_ms;       /* ...and for how long, default 10s */
+    struct conf_retry retry;
+    struct conf_breaker breaker;
+    struct conf_health_check health;
     struct conf_pos pos;
 };
 

@@ -32,6 +32,7 @@ struct upstream_server {
     unsigned id; /* dense, process-wide: indexes the per-worker pools */
     char *key;   /* "group/host:port" */
     struct stats_set *stats;
+    atomic_bool health_down; /* set by the active health checks (upstream/health.c) */
 };
 
 /* Finds or creates the identity of a server (main thread). */
