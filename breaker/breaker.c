@@ -73,7 +73,8 @@ static void window_sum(const struct breaker *b, const struct conf_breaker *conf,
     *failures = f;
 }
 
-static void set_state(struct breaker *b, enum breaker_state to, uint64_t now_ms, struct breaker_transition *tr)
+static void set_state(struct breaker *b, enum breaker_state to, uint64_t now_ms,
+                      struct breaker_transition *tr)
 {
     if (b->_state == to)
         return;
@@ -218,7 +219,8 @@ void breaker_quota(struct breaker *b, uint64_t now_ms, uint64_t until_ms, struct
     pthread_mutex_unlock(&b->_lock);
 }
 
-void breaker_force(struct breaker *b, enum breaker_force force, uint64_t now_ms, struct breaker_transition *tr)
+void breaker_force(struct breaker *b, enum breaker_force force, uint64_t now_ms,
+                   struct breaker_transition *tr)
 {
     if (tr != NULL)
         tr->changed = false;

@@ -105,7 +105,8 @@ void breaker_quota(struct breaker *b, uint64_t now_ms, uint64_t until_ms, struct
 /* Admin override.  FORCE_OPEN refuses and FORCE_CLOSED passes everything
  * until BREAKER_AUTO, which restarts the breaker CLOSED with an empty window
  * and the open period back at its start. */
-void breaker_force(struct breaker *b, enum breaker_force force, uint64_t now_ms, struct breaker_transition *tr);
+void breaker_force(struct breaker *b, enum breaker_force force, uint64_t now_ms,
+                   struct breaker_transition *tr);
 enum breaker_force breaker_forced(struct breaker *b);
 
 /* The state as of now_ms, without changing anything: an OPEN breaker whose

@@ -23,8 +23,8 @@ struct hc_target {
     uv_write_t write;
     char line[16];
     size_t line_len;
-    bool is_in_flight; /* tcp is open or closing */
-    bool is_done;      /* the check in flight has its verdict */
+    bool is_in_flight;            /* tcp is open or closing */
+    bool is_done;                 /* the check in flight has its verdict */
     unsigned successes, failures; /* in a row */
     const char *last_error;
 };
@@ -232,9 +232,9 @@ struct health_checks *health_start(uv_loop_t *loop, struct upstream_group *group
             t->target = target;
             struct strbuf sb;
             strbuf_init(&sb);
-            strbuf_printf(&sb,
-                          "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sluice-health\r\nConnection: close\r\n\r\n",
-                          conf->path, target->conf->name);
+            strbuf_printf(
+                &sb, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sluice-health\r\nConnection: close\r\n\r\n",
+                conf->path, target->conf->name);
             t->request_len = sb.len;
             t->request = strbuf_release(&sb);
             uv_timer_init(loop, &t->timer);

@@ -358,7 +358,7 @@ TEST(state_names)
 /* ---- concurrency ---- */
 
 #define THREADS 4
-#define ROUNDS 50000
+#define ROUNDS  50000
 
 struct worker {
     struct breaker *b;

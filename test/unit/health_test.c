@@ -77,7 +77,8 @@ static void rconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     static char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
     static char bad[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    uv_buf_t out = c->r->mode == ANSWER_200 ? uv_buf_init(ok, sizeof(ok) - 1) : uv_buf_init(bad, sizeof(bad) - 1);
+    uv_buf_t out =
+        c->r->mode == ANSWER_200 ? uv_buf_init(ok, sizeof(ok) - 1) : uv_buf_init(bad, sizeof(bad) - 1);
     c->write.data = c;
     uv_write(&c->write, s, &out, 1, rconn_written);
 }
@@ -202,7 +203,8 @@ TEST(fall_and_rise_flip_health_down)
     ASSERT(!is_down(&f));
     char expect[256];
     snprintf(expect, sizeof(expect),
-             "GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: sluice-health\r\nConnection: close\r\n\r\n", f.name);
+             "GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: sluice-health\r\nConnection: close\r\n\r\n",
+             f.name);
     ASSERT_STR_EQ(r.last_request, expect);
 
     r.mode = ANSWER_503;
