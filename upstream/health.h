@@ -27,7 +27,11 @@ struct health_checks;
 
 /* Starts checking the servers of groups (ngroups of them), which must stay
  * alive until health_stop.  The first round starts on the next loop turn.
- * Returns NULL (nothing to free) when no group has a health_check. */
+ * A checked server keeps the health_down it had (a reload does not bring a
+ * down server back before `rise` successes); servers nobody checks (no
+ * health_check, or TLS) get it cleared, since nothing else ever would.  The
+ * conf must have interval_ms, timeout_ms, rise and fall > 0.  Returns NULL
+ * (nothing to free) when no server is checked. */
 struct health_checks *health_start(uv_loop_t *loop, struct upstream_group *groups, size_t ngroups);
 
 /* Stops the timers and abandons the checks in flight (their result is not
