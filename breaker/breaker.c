@@ -204,12 +204,15 @@ out:
     pthread_mutex_unlock(&b->_lock);
 }
 
-void breaker_quota(struct breaker *b, uint64_t now_ms, uint64_t until_ms, struct breaker_transition *tr)
+void breaker_quota(struct breaker *b, const struct conf_breaker *conf, uint64_t now_ms, uint64_t until_ms,
+                   struct breaker_transition *tr)
 {
     if (tr != NULL)
         tr->changed = false;
-    if (until_ms <= now_ms)
+    if (!conf->enabled || until_ms <= now_ms)
         return;
+    if (until_ms - now_ms > conf->max_open_ms)
+        until_ms = now_ms + conf->max_open_ms;
     pthread_mutex_lock(&b->_lock);
     if (b->_force == BREAKER_AUTO) {
         if (b->_state != BREAKER_QUOTA || until_ms > b->_until_ms)

@@ -97,10 +97,14 @@ enum breaker_admit breaker_admit(struct breaker *b, const struct conf_breaker *c
 void breaker_report(struct breaker *b, const struct conf_breaker *conf, uint64_t now_ms,
                     enum breaker_admit how, enum breaker_outcome out, struct breaker_transition *tr);
 
-/* A 429 with a reset time: QUOTA until until_ms (a QUOTA already running
- * keeps the later end).  until_ms <= now_ms does nothing: the caller then
- * reports the 429 as a plain outcome instead.  Ignored while forced. */
-void breaker_quota(struct breaker *b, uint64_t now_ms, uint64_t until_ms, struct breaker_transition *tr);
+/* A 429 with a reset time: QUOTA until until_ms, cut to now_ms +
+ * conf->max_open_ms so that a bogus or far reset (a daily quota, a header
+ * off by 1000x) costs one request per max_open period rather than the server
+ * for good; a QUOTA already running keeps the later end.  until_ms <= now_ms
+ * does nothing: the caller then reports the 429 as a plain outcome instead.
+ * Ignored while forced or with a disabled conf. */
+void breaker_quota(struct breaker *b, const struct conf_breaker *conf, uint64_t now_ms, uint64_t until_ms,
+                   struct breaker_transition *tr);
 
 /* Admin override.  FORCE_OPEN refuses and FORCE_CLOSED passes everything
  * until BREAKER_AUTO, which restarts the breaker CLOSED with an empty window

@@ -192,7 +192,10 @@ int64_t ratelimit_reset_ms(const char *value, size_t len, int64_t now_wall_ms)
         return -1;
     if (i == len) {
         /* a bare number: seconds from now, or a unix time once it is past 1e9
-         * (September 2001), which no sane delta reaches */
+         * (September 2001), which no sane delta reaches; past 1e12 it can
+         * only be a unix time in milliseconds */
+        if (n > INT64_C(1000000000000) * 1000)
+            return until_wall(n / 1000, now_wall_ms);
         if (n > INT64_C(1000000000) * 1000)
             return until_wall(n, now_wall_ms);
         return n;

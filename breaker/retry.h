@@ -61,8 +61,9 @@ int64_t retry_after_ms(const char *value, size_t len, int64_t now_wall_ms);
 
 /* An x-ratelimit-reset* value in the forms seen in the wild: a Go-style
  * duration ("1s", "6m0s", "20ms", "1h2m3.5s", as OpenAI sends), plain seconds
- * ("30", "1.5": a delta), or a unix time in seconds (a number above 1e9) — as
- * milliseconds from now_wall_ms, >= 0; -1 when invalid. */
+ * ("30", "1.5": a delta), or a unix time in seconds (a number above 1e9) or
+ * in milliseconds (above 1e12) — as milliseconds from now_wall_ms, >= 0; -1
+ * when invalid. */
 int64_t ratelimit_reset_ms(const char *value, size_t len, int64_t now_wall_ms);
 
 #endif

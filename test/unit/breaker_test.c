@@ -249,14 +249,14 @@ TEST(quota_with_reset_time)
     breaker_init(&b);
     struct conf_breaker c = conf_default();
     struct breaker_transition tr;
-    breaker_quota(&b, 100, 5100, &tr);
+    breaker_quota(&b, &c, 100, 5100, &tr);
     ASSERT(tr.changed);
     ASSERT_EQ(tr.to, BREAKER_QUOTA);
     ASSERT_EQ(breaker_state(&b, 100), BREAKER_QUOTA);
     ASSERT_EQ(breaker_wait_ms(&b, 1100), 4000);
     ASSERT_EQ(breaker_admit(&b, &c, 5099, NULL), BREAKER_DENY);
     /* a shorter quota does not cut it */
-    breaker_quota(&b, 200, 3000, NULL);
+    breaker_quota(&b, &c, 200, 3000, NULL);
     ASSERT_EQ(breaker_wait_ms(&b, 1100), 4000);
     ASSERT_EQ(breaker_state(&b, 5100), BREAKER_CLOSED);
     /* then closed at once, no probes */
@@ -270,9 +270,21 @@ TEST(quota_with_reset_time)
     ASSERT_EQ(n.half_opened, 0);
     ASSERT_EQ(n.closed, 1);
     /* a reset time already past: nothing (the caller counts the 429 as a failure) */
-    breaker_quota(&b, 6000, 6000, &tr);
+    breaker_quota(&b, &c, 6000, 6000, &tr);
     ASSERT(!tr.changed);
     ASSERT_EQ(breaker_state(&b, 6000), BREAKER_CLOSED);
+    /* a reset years away is cut to max_open (5 s) */
+    breaker_quota(&b, &c, 7000, UINT64_C(1) << 60, &tr);
+    ASSERT(tr.changed);
+    ASSERT_EQ(breaker_wait_ms(&b, 7000), 5000);
+    /* disabled: no quota either */
+    struct breaker b2;
+    breaker_init(&b2);
+    c.enabled = false;
+    breaker_quota(&b2, &c, 0, 1000, &tr);
+    ASSERT(!tr.changed);
+    ASSERT_EQ(breaker_state(&b2, 0), BREAKER_CLOSED);
+    breaker_dispose(&b2);
     breaker_dispose(&b);
 }
 
@@ -282,10 +294,11 @@ TEST(quota_while_open_waits_for_the_later)
     breaker_init(&b);
     struct conf_breaker c = conf_default();
     trip_at(&b, &c, 0);
-    breaker_quota(&b, 10, 30000, NULL);
+    breaker_quota(&b, &c, 10, 30000, NULL); /* cut to 10 + 5000 */
     ASSERT_EQ(breaker_state(&b, 2000), BREAKER_QUOTA);
     ASSERT_EQ(breaker_admit(&b, &c, 2000, NULL), BREAKER_DENY);
-    ASSERT_EQ(breaker_admit(&b, &c, 30000, NULL), BREAKER_PASS);
+    ASSERT_EQ(breaker_admit(&b, &c, 5009, NULL), BREAKER_DENY);
+    ASSERT_EQ(breaker_admit(&b, &c, 5010, NULL), BREAKER_PASS);
     breaker_dispose(&b);
 }
 
@@ -306,7 +319,7 @@ TEST(force_open_closed_auto)
     breaker_force(&b, BREAKER_FORCE_CLOSED, 1000000, NULL);
     /* failures do not open it, quotas do not apply */
     ASSERT_EQ(run(&b, &c, 1000000, 100, BREAKER_FAILURE), 100);
-    breaker_quota(&b, 1000000, 2000000, NULL);
+    breaker_quota(&b, &c, 1000000, 2000000, NULL);
     ASSERT_EQ(breaker_state(&b, 1000000), BREAKER_CLOSED);
     breaker_force(&b, BREAKER_AUTO, 1000000, NULL);
     ASSERT_EQ(breaker_forced(&b), BREAKER_AUTO);

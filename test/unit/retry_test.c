@@ -172,6 +172,7 @@ TEST(ratelimit_reset_numbers)
     ASSERT_EQ(ratelimit_reset_ms(S("1700000042"), now), 42000);
     ASSERT_EQ(ratelimit_reset_ms(S("1700000000.5"), now), 500);
     ASSERT_EQ(ratelimit_reset_ms(S("1600000000"), now), 0);
+    ASSERT_EQ(ratelimit_reset_ms(S("1700000001500"), now), 1500);
     ASSERT_EQ(ratelimit_reset_ms(S(""), now), -1);
     ASSERT_EQ(ratelimit_reset_ms(S("."), now), -1);
     ASSERT_EQ(ratelimit_reset_ms(S("abc"), now), -1);
