@@ -148,9 +148,7 @@ static const unsigned cache_methods[] = {HTTP_GET, HTTP_HEAD, HTTP_POST};
 /* Directives of later features (CONF.md): known, so they get a better error
  * than "unknown". */
 static const char *const future_directives[] = {
-    "limit",        "analytics", "access_log", "retry",        "retry_budget",         "breaker",
-    "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent", "tls_verify",
-    "tls_ca",       NULL,
+    "limit", "analytics", "access_log", "max_inflight", "tls_verify", "tls_ca", NULL,
 };
 
 _Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
@@ -733,6 +731,9 @@ static void parse_upstream(struct build *b, const struct conf_node *n, const str
     else if (u->nservers > 0 && nbackup == u->nservers)
         conf_report(b->ld, &n->pos, "upstream \"%s\" has only backup servers", name);
     REPORT_REPEATS(b, "server", u->servers, u->nservers, name);
+    if (u->nservers > CONF_MAX_UPSTREAM_SERVERS) /* the balancing pick keeps its candidates on the stack */
+        conf_report(b->ld, &n->pos, "upstream \"%s\" has %zu servers (at most %d)", name, u->nservers,
+                    CONF_MAX_UPSTREAM_SERVERS);
 }
 
 static void print_upstreams(FILE *out, int indent, const struct directive *d, const void *obj)
@@ -823,6 +824,292 @@ static void print_upstream_servers(FILE *out, int indent, const struct directive
         fprintf(out, "%*s%s %s weight=%u%s%s;\n", indent * 4, "", d->name, s->name, s->weight,
                 s->backup ? " backup" : "", s->tls ? " tls" : "");
     }
+}
+
+
+static bool status_spec(const char *s, size_t len, unsigned *lo, unsigned *hi)
+{
+    if (len != 3 || s[0] < '1' || s[0] > '5')
+        return false;
+    unsigned hundreds = (unsigned)(s[0] - '0') * 100;
+    if (tolower((unsigned char)s[1]) == 'x' && tolower((unsigned char)s[2]) == 'x') {
+        *lo = hundreds;
+        *hi = hundreds + 99;
+        return true;
+    }
+    if (!isdigit((unsigned char)s[1]) || !isdigit((unsigned char)s[2]))
+        return false;
+    *lo = *hi = hundreds + (unsigned)(s[1] - '0') * 10 + (unsigned)(s[2] - '0');
+    return true;
+}
+
+/* "on=connect,timeout,reset,502,5xx": conditions and statuses.  allow_words
+ * is false where only statuses make sense (a breaker). */
+static bool parse_on_list(struct build *b, const struct conf_node *n, const char *list, bool allow_words,
+                          unsigned *words, struct conf_status_set *set)
+{
+    static const char *const names[] = {"connect", "timeout", "reset", NULL};
+    memset(set, 0, sizeof(*set));
+    if (words != NULL)
+        *words = 0;
+    char item[32];
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof(item)) {
+            conf_report(b->ld, &n->pos, "%s: invalid on= list \"%s\"", n->argv[0], list);
+            return false;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        p += len + (p[len] == ',');
+        unsigned lo, hi;
+        int w = -1;
+        for (int i = 0; allow_words && names[i] != NULL; i++)
+            if (strcmp(item, names[i]) == 0)
+                w = i;
+        if (w >= 0) {
+            *words |= 1u << w;
+        } else if (status_spec(item, len, &lo, &hi) && lo >= 400) {
+            for (unsigned st = lo; st <= hi; st++)
+                set->bits[st / 64] |= 1ull << (st % 64);
+        } else {
+            conf_report(b->ld, &n->pos, "%s: invalid on= item \"%s\" (expected %sa 4xx or 5xx status)", n->argv[0],
+                        item, allow_words ? "connect, timeout, reset or " : "");
+            return false;
+        }
+    }
+    return true;
+}
+
+static void print_on_list(FILE *out, unsigned words, const struct conf_status_set *set)
+{
+    static const char *const names[] = {"connect", "timeout", "reset"};
+    const char *sep = " on=";
+    for (unsigned i = 0; i < ARRAY_SIZE(names); i++) {
+        if (words & (1u << i)) {
+            fprintf(out, "%s%s", sep, names[i]);
+            sep = ",";
+        }
+    }
+    for (unsigned st = 400; st < 600; st++) {
+        if (CONF_STATUS_HAS(set, st)) {
+            fprintf(out, "%s%u", sep, st);
+            sep = ",";
+        }
+    }
+}
+
+/* The value after "name=" when a starts with it, else NULL. */
+static const char *param(const char *a, const char *name)
+{
+    size_t len = strlen(name);
+    return strncmp(a, name, len) == 0 && a[len] == '=' ? a + len + 1 : NULL;
+}
+
+/* "P%" */
+static bool parse_percent(struct build *b, const struct conf_node *n, const char *label, const char *text,
+                          unsigned *out)
+{
+    size_t len = strlen(text);
+    char num[16];
+    uint64_t v;
+    if (len < 2 || len >= sizeof(num) || text[len - 1] != '%') {
+        conf_report(b->ld, &n->pos, "%s: invalid percentage \"%s\" (expected N%%)", label, text);
+        return false;
+    }
+    memcpy(num, text, len - 1);
+    num[len - 1] = '\0';
+    if (!parse_bounded(b, n, label, num, &numbers, 0, 100, &v))
+        return false;
+    *out = (unsigned)v;
+    return true;
+}
+
+static void parse_retry(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_retry *r = &((struct conf_upstream *)obj)->retry;
+    uint64_t v;
+    if (parse_bounded(b, n, "retry", n->argv[1], &numbers, 0, 10, &v))
+        r->tries = (unsigned)v;
+    r->on = CONF_RETRY_CONNECT;
+    memset(&r->on_status, 0, sizeof(r->on_status));
+    for (size_t i = 2; i < n->argc; i++) {
+        const char *a = n->argv[i], *val;
+        if ((val = param(a, "on")) != NULL) {
+            parse_on_list(b, n, val, true, &r->on, &r->on_status);
+        } else if ((val = param(a, "backoff")) != NULL) {
+            const char *dots = strstr(val, "..");
+            char base[32];
+            size_t blen = dots ? (size_t)(dots - val) : 0;
+            if (dots == NULL || blen >= sizeof(base)) {
+                conf_report(b->ld, &n->pos, "retry: invalid backoff \"%s\" (expected BASE..CAP, e.g. 100ms..2s)",
+                            val);
+                continue;
+            }
+            memcpy(base, val, blen);
+            base[blen] = '\0';
+            uint64_t lo, hi;
+            if (!parse_bounded(b, n, "retry backoff", base, &durations, 0, MS_HOUR, &lo) ||
+                !parse_bounded(b, n, "retry backoff", dots + 2, &durations, 0, MS_HOUR, &hi))
+                continue;
+            if (lo > hi) {
+                conf_report(b->ld, &n->pos, "retry: backoff base %s is above its cap %s", base, dots + 2);
+                continue;
+            }
+            r->backoff_base_ms = lo;
+            r->backoff_cap_ms = hi;
+        } else {
+            conf_report(b->ld, &n->pos, "retry: unknown parameter \"%s\" (on=, backoff=)", a);
+        }
+    }
+}
+
+static void print_retry(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_retry *r = &((const struct conf_upstream *)obj)->retry;
+    char a[32], z[32];
+    fprintf(out, "%*sretry %u", indent * 4, "", r->tries);
+    print_on_list(out, r->on, &r->on_status);
+    fprintf(out, " backoff=%s..%s;\n", format_value(a, r->backoff_base_ms, &durations),
+            format_value(z, r->backoff_cap_ms, &durations));
+}
+
+static void parse_retry_budget(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_retry *r = &((struct conf_upstream *)obj)->retry;
+    parse_percent(b, n, "retry_budget", n->argv[1], &r->budget_pct);
+    for (size_t i = 2; i < n->argc; i++) {
+        const char *val = param(n->argv[i], "min");
+        size_t len = val ? strlen(val) : 0;
+        char num[16];
+        uint64_t v;
+        if (val == NULL || len < 3 || len >= sizeof(num) || strcmp(val + len - 2, "/s") != 0) {
+            conf_report(b->ld, &n->pos, "retry_budget: invalid parameter \"%s\" (expected min=N/s)", n->argv[i]);
+            continue;
+        }
+        memcpy(num, val, len - 2);
+        num[len - 2] = '\0';
+        if (parse_bounded(b, n, "retry_budget min", num, &numbers, 0, 1000000, &v))
+            r->budget_min_per_s = (unsigned)v;
+    }
+}
+
+static void print_retry_budget(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_retry *r = &((const struct conf_upstream *)obj)->retry;
+    fprintf(out, "%*sretry_budget %u%% min=%u/s;\n", indent * 4, "", r->budget_pct, r->budget_min_per_s);
+}
+
+static void parse_breaker(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_breaker *br = &((struct conf_upstream *)obj)->breaker;
+    *br = (struct conf_breaker){
+        .enabled = true,
+        .failures = 5,
+        .ratio_pct = 50,
+        .window_ms = 30 * MS_SECOND,
+        .min_requests = 20,
+        .open_ms = 30 * MS_SECOND,
+        .max_open_ms = 10 * MS_MINUTE,
+        .half_open = 3,
+    };
+    static const unsigned default_on[] = {429, 500, 502, 503, 504};
+    for (size_t i = 0; i < ARRAY_SIZE(default_on); i++)
+        br->on.bits[default_on[i] / 64] |= 1ull << (default_on[i] % 64);
+    for (size_t i = 1; i < n->argc; i++) {
+        const char *a = n->argv[i], *val;
+        uint64_t v;
+        if (strcmp(a, "off") == 0 && n->argc == 2) {
+            br->enabled = false;
+        } else if (strcmp(a, "on") == 0 && n->argc == 2) {
+            continue;
+        } else if ((val = param(a, "failures")) != NULL) {
+            if (parse_bounded(b, n, "breaker failures", val, &numbers, 0, 100000, &v))
+                br->failures = (unsigned)v;
+        } else if ((val = param(a, "ratio")) != NULL) {
+            parse_percent(b, n, "breaker ratio", val, &br->ratio_pct);
+        } else if ((val = param(a, "window")) != NULL) {
+            parse_bounded(b, n, "breaker window", val, &durations, MS_SECOND / 10, MS_DAY, &br->window_ms);
+        } else if ((val = param(a, "min")) != NULL) {
+            if (parse_bounded(b, n, "breaker min", val, &numbers, 1, 10000000, &v))
+                br->min_requests = (unsigned)v;
+        } else if ((val = param(a, "open")) != NULL) {
+            parse_bounded(b, n, "breaker open", val, &durations, 1, MS_DAY, &br->open_ms);
+        } else if ((val = param(a, "max_open")) != NULL) {
+            parse_bounded(b, n, "breaker max_open", val, &durations, 1, 7 * MS_DAY, &br->max_open_ms);
+        } else if ((val = param(a, "half_open")) != NULL) {
+            if (parse_bounded(b, n, "breaker half_open", val, &numbers, 1, 1000, &v))
+                br->half_open = (unsigned)v;
+        } else if ((val = param(a, "on")) != NULL) {
+            parse_on_list(b, n, val, false, NULL, &br->on);
+        } else {
+            conf_report(b->ld, &n->pos,
+                        "breaker: unknown parameter \"%s\" (failures=, ratio=, window=, min=, open=, max_open=, "
+                        "half_open=, on=, or a lone on/off)",
+                        a);
+        }
+    }
+    if (br->max_open_ms < br->open_ms)
+        conf_report(b->ld, &n->pos, "breaker: max_open is shorter than open");
+    if (br->enabled && br->failures == 0 && br->ratio_pct == 0)
+        conf_report(b->ld, &n->pos, "breaker: failures=0 and ratio=0%% would never open it (say `breaker off`)");
+}
+
+static void print_breaker(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_breaker *br = &((const struct conf_upstream *)obj)->breaker;
+    if (!br->enabled) {
+        fprintf(out, "%*sbreaker off;\n", indent * 4, "");
+        return;
+    }
+    char w[32], o[32], m[32];
+    fprintf(out, "%*sbreaker failures=%u ratio=%u%% window=%s min=%u open=%s max_open=%s half_open=%u", indent * 4,
+            "", br->failures, br->ratio_pct, format_value(w, br->window_ms, &durations), br->min_requests,
+            format_value(o, br->open_ms, &durations), format_value(m, br->max_open_ms, &durations), br->half_open);
+    print_on_list(out, 0, &br->on);
+    fputs(";\n", out);
+}
+
+static void parse_health_check(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_health_check *h = &((struct conf_upstream *)obj)->health;
+    const char *path = n->argv[1];
+    if (path[0] != '/' || !is_visible(path, "#")) {
+        conf_report(b->ld, &n->pos, "health_check: invalid path \"%s\" (must start with \"/\", no spaces)", path);
+        return;
+    }
+    *h = (struct conf_health_check){.interval_ms = 5 * MS_SECOND, .timeout_ms = 2 * MS_SECOND, .rise = 2, .fall = 3};
+    for (size_t i = 2; i < n->argc; i++) {
+        const char *a = n->argv[i], *val;
+        uint64_t v;
+        if ((val = param(a, "interval")) != NULL) {
+            parse_bounded(b, n, "health_check interval", val, &durations, 10, MS_DAY, &h->interval_ms);
+        } else if ((val = param(a, "timeout")) != NULL) {
+            parse_bounded(b, n, "health_check timeout", val, &durations, 1, MS_HOUR, &h->timeout_ms);
+        } else if ((val = param(a, "rise")) != NULL) {
+            if (parse_bounded(b, n, "health_check rise", val, &numbers, 1, 100, &v))
+                h->rise = (unsigned)v;
+        } else if ((val = param(a, "fall")) != NULL) {
+            if (parse_bounded(b, n, "health_check fall", val, &numbers, 1, 100, &v))
+                h->fall = (unsigned)v;
+        } else {
+            conf_report(b->ld, &n->pos, "health_check: unknown parameter \"%s\" (interval=, timeout=, rise=, fall=)",
+                        a);
+        }
+    }
+    h->path = conf_xstrdup(path);
+}
+
+static void print_health_check(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_health_check *h = &((const struct conf_upstream *)obj)->health;
+    if (h->path == NULL)
+        return;
+    char i[32], t[32];
+    fprintf(out, "%*shealth_check ", indent * 4, "");
+    print_word(out, h->path);
+    fprintf(out, " interval=%s timeout=%s rise=%u fall=%u;\n", format_value(i, h->interval_ms, &durations),
+            format_value(t, h->timeout_ms, &durations), h->rise, h->fall);
 }
 
 /* --- server --- */
@@ -1011,6 +1298,25 @@ static void print_route_upstream(FILE *out, int indent, const struct directive *
 {
     const struct conf_route *r = obj;
     fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->upstream->name);
+}
+
+static void parse_route_fallback(struct build *b, const struct conf_node *n, const struct directive *d,
+                                 void *obj)
+{
+    struct conf_route *r = obj;
+    struct conf *conf = b->conf;
+    size_t i = FIND_NAMED(&b->upstream_index, conf->upstreams, conf->nupstreams, name, n->argv[1]);
+    if (i == SIZE_MAX)
+        conf_report(b->ld, &n->pos, "unknown upstream \"%s\"", n->argv[1]);
+    else
+        r->fallback = &conf->upstreams[i];
+}
+
+static void print_route_fallback(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    if (r->fallback != NULL)
+        fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->fallback->name);
 }
 
 /* set_* NAME VALUE or remove_* NAME */
@@ -1317,21 +1623,6 @@ static void print_cache_ttl(FILE *out, int indent, const struct directive *d, co
 }
 
 /* "404" or a class "4xx" (len bytes of s) into the statuses it matches. */
-static bool status_spec(const char *s, size_t len, unsigned *lo, unsigned *hi)
-{
-    if (len != 3 || s[0] < '1' || s[0] > '5')
-        return false;
-    unsigned hundreds = (unsigned)(s[0] - '0') * 100;
-    if (tolower((unsigned char)s[1]) == 'x' && tolower((unsigned char)s[2]) == 'x') {
-        *lo = hundreds;
-        *hi = hundreds + 99;
-        return true;
-    }
-    if (!isdigit((unsigned char)s[1]) || !isdigit((unsigned char)s[2]))
-        return false;
-    *lo = *hi = hundreds + (unsigned)(s[1] - '0') * 10 + (unsigned)(s[2] - '0');
-    return true;
-}
 
 static void parse_ttl_status(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
 {
@@ -1690,13 +1981,24 @@ static const struct directive directives[] = {
 
     DIR_CUSTOM("server", CTX_UPSTREAM, CONF_NO_BLOCK, 1, 4, MULTI, parse_upstream_server,
                print_upstream_servers, NULL),
-    DIR_ENUM("balance", CTX_UPSTREAM, struct conf_upstream, balance, balances, "round_robin"),
+    DIR_ENUM("balance", CTX_UPSTREAM, struct conf_upstream, balance, balances, "p2c"),
     DIR_NUMBER("keepalive", CTX_UPSTREAM, struct conf_upstream, keepalive, 0, 10000, "64"),
     DIR_DURATION("keepalive_timeout", CTX_UPSTREAM, struct conf_upstream, keepalive_timeout_ms, 1, MS_DAY,
                  "60s"),
     DIR_DURATION("connect_timeout", CTX_UPSTREAM, struct conf_upstream, connect_timeout_ms, 1, MS_DAY, "5s"),
     DIR_DURATION("header_timeout", CTX_UPSTREAM, struct conf_upstream, header_timeout_ms, 1, MS_DAY, "60s"),
     DIR_DURATION("idle_timeout", CTX_UPSTREAM, struct conf_upstream, idle_timeout_ms, 1, MS_DAY, "60s"),
+    DIR_NUMBER("max_fails", CTX_UPSTREAM, struct conf_upstream, max_fails, 0, 100000, "1"),
+    DIR_DURATION("fail_timeout", CTX_UPSTREAM, struct conf_upstream, fail_timeout_ms, 1, MS_DAY, "10s"),
+    DIR_CUSTOM("retry", CTX_UPSTREAM, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_retry, print_retry,
+               "1 on=connect backoff=100ms..2s"),
+    DIR_SIZE("retry_body_max", CTX_UPSTREAM, struct conf_upstream, retry.body_max, 0, 64 * MIB, "64k"),
+    DIR_CUSTOM("retry_budget", CTX_UPSTREAM, CONF_NO_BLOCK, 1, 2, ONCE, parse_retry_budget, print_retry_budget,
+               "20% min=10/s"),
+    DIR_CUSTOM("breaker", CTX_UPSTREAM, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_breaker, print_breaker,
+               "off"),
+    DIR_CUSTOM("health_check", CTX_UPSTREAM, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_health_check,
+               print_health_check, NULL),
 
     DIR_SIZE("memory", CTX_CACHE, struct conf_cache, memory, MIB, 1024 * GIB, "256m"),
     DIR_SIZE("max_object", CTX_CACHE, struct conf_cache, max_object, 1, 128 * GIB, "8m"),
@@ -1735,6 +2037,10 @@ static const struct directive directives[] = {
                  7 * MS_DAY, "300s"),
     DIR_CUSTOM("cache", CTX_ROUTE, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_route_cache, print_route_cache,
                NULL),
+    DIR_DURATION("deadline", CTX_ROUTE, struct conf_route, deadline_ms, 0, MS_DAY, "0s"),
+    DIR_CUSTOM("fallback", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_fallback, print_route_fallback,
+               NULL),
+    DIR_FLAG("retry_non_idempotent", CTX_ROUTE, struct conf_route, retry_non_idempotent, "off"),
 
     DIR_CUSTOM("methods", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_cache_methods,
                print_cache_methods, "GET HEAD"),
@@ -1924,12 +2230,6 @@ static void check_conf(struct build *b, const struct conf_node *root)
         conf_report(b->ld, &(struct conf_pos){b->ld->files[0], 0}, "no server block");
     REPORT_REPEATS(b, "upstream", b->conf->upstreams, b->conf->nupstreams, name);
     REPORT_REPEATS(b, "cache", b->conf->caches, b->conf->ncaches, name);
-    /* the directive parses all three so confs keep working when they land;
-     * until then a policy the proxy would not apply is refused, not ignored */
-    for (size_t i = 0; i < b->conf->nupstreams; i++)
-        if (b->conf->upstreams[i].balance != CONF_BALANCE_ROUND_ROBIN)
-            conf_report(b->ld, &b->conf->upstreams[i].pos, "upstream %s: balance %s is not supported yet (round_robin)",
-                        b->conf->upstreams[i].name, balances[b->conf->upstreams[i].balance]);
     check_listens(b);
 }
 
@@ -1979,6 +2279,7 @@ static void conf_free(struct conf *conf)
         }
         free(u->servers);
         free(u->name);
+        free(u->health.path);
     }
     free(conf->upstreams);
     for (size_t i = 0; i < conf->ncaches; i++)

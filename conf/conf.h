@@ -107,11 +107,13 @@ struct conf_health_check {
     unsigned fall;        /* failures that take it down, default 3 */
 };
 
+#define CONF_MAX_UPSTREAM_SERVERS 1024
+
 struct conf_upstream {
     char *name;
     struct conf_upstream_server *servers;
     size_t nservers;
-    enum conf_balance balance;      /* default round_robin until issue 4 */
+    enum conf_balance balance;      /* default p2c */
     unsigned keepalive;             /* idle connections kept per server per worker, default 64; 0 = none */
     uint64_t keepalive_timeout_ms;  /* idle pooled connection lifetime, default 60s */
     uint64_t connect_timeout_ms;    /* default 5s */
@@ -197,6 +199,9 @@ struct conf_route {
     size_t nresp_ops;
     uint64_t websocket_idle_timeout_ms; /* idle timeout of an upgraded tunnel, default 300s */
     struct conf_route_cache *cache; /* NULL: the route never caches */
+    uint64_t deadline_ms;           /* all tries of a request together, default 0 = none */
+    struct conf_upstream *fallback; /* `fallback NAME`: used while every server of upstream is open */
+    bool retry_non_idempotent;      /* retry POST/PATCH after they reached the upstream, with an Idempotency-Key */
     void *runtime; /* left NULL by conf; the proxy hangs its per-route state here */
     struct conf_pos pos;
 };

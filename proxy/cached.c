@@ -442,12 +442,10 @@ bool cached_begin(struct conn *c)
          * within key_body_max; anything else goes upstream uncached) */
         bool sized = (c->parser.flags & F_CONTENT_LENGTH) && !c->rq_chunked;
         if (!sized || c->parser.content_length > rc->key_body_max ||
-            (c->held = malloc(c->parser.content_length)) == NULL) {
+            (c->held = held_new(c->parser.content_length)) == NULL) {
             bypass(c, "fwd=bypass; detail=body-too-large");
             return false;
         }
-        c->held_cap = c->parser.content_length;
-        c->held_len = 0;
         c->state = CS_BODY;
         if (c->rq_expect && client_is_http11(c))
             outq_add_static(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
@@ -459,18 +457,14 @@ bool cached_begin(struct conn *c)
 
 bool cached_hold(struct conn *c, const char *p, size_t len)
 {
-    if (len > c->held_cap - c->held_len)
-        return false;
-    memcpy(c->held + c->held_len, p, len);
-    c->held_len += len;
-    return true;
+    return held_append(&c->held, p, len, c->held->cap);
 }
 
 void cached_body_complete(struct conn *c)
 {
     unsigned char md[32];
     unsigned int mdlen = 0;
-    if (EVP_Digest(c->held, c->held_len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
+    if (EVP_Digest(c->held->data, c->held->len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
         bypass(c, "fwd=bypass; detail=digest");
         req_forward(c);
         return;
@@ -964,12 +958,12 @@ static void store_refreshed(struct conn *c, const struct cache_entry *e, const c
 
 /* The origin failed (an error status, refused, timed out): the stored
  * response answers instead (RFC 5861 stale-if-error). */
-static void serve_stale_on_error(struct conn *c)
+static void serve_stale_on_error(struct conn *c, const char *detail)
 {
     struct cache_entry *e = c->entry;
     c->entry = NULL;
     c->x_cache = "STALE";
-    c->cache_detail = "hit; fwd=stale; detail=stale-if-error";
+    c->cache_detail = detail;
     STATS_INC(c->rstats->cache_stale);
     serve_entry(c, e, false);
     cache_entry_release(e);
@@ -995,7 +989,7 @@ bool cached_response_done(struct conn *c)
         return true;
     }
     if (c->rs_swallow) {
-        serve_stale_on_error(c);
+        serve_stale_on_error(c, "hit; fwd=stale; detail=stale-if-error");
         return true;
     }
     if (c->fill_on) {
@@ -1011,7 +1005,22 @@ bool cached_upstream_failed(struct conn *c)
     fill_abort(c);
     if (!may_serve_stale_on_error(c) || c->rs_head_sent)
         return false;
-    serve_stale_on_error(c);
+    serve_stale_on_error(c, "hit; fwd=stale; detail=stale-if-error");
+    return true;
+}
+
+bool cached_upstream_unavailable(struct conn *c)
+{
+    fill_abort(c);
+    const struct cache_entry *e = c->entry;
+    if (e == NULL || c->rs_head_sent || e->ttl.no_cache || e->ttl.must_revalidate)
+        return false;
+    /* a stale answer beats none while the upstream is known to be down, up to
+     * the route's max_stale */
+    int64_t staleness = cache_entry_age(e, wall_ms()) * 1000 - e->ttl.fresh_ms;
+    if (staleness > (int64_t)c->rc->max_stale_ms)
+        return false;
+    serve_stale_on_error(c, "hit; fwd=stale; detail=breaker-open");
     return true;
 }
 
@@ -1029,7 +1038,4 @@ void cached_release(struct conn *c)
     c->rs_swallow = c->rs_revalidated = c->invalidate = false;
     c->t_sent_wall_ms = 0;
     c->t_head_wall_ms = 0;
-    free(c->held);
-    c->held = NULL;
-    c->held_len = c->held_cap = 0;
 }

@@ -15,6 +15,7 @@
 #include "cache/cache.h"
 #include "common/buf.h"
 #include "common/outq.h"
+#include "common/strbuf.h"
 #include "proxy/headers.h"
 #include "proxy/proxy.h"
 
@@ -29,7 +30,7 @@ enum conn_state {
     CS_LINGER,  /* closing: write side shut, draining what the client still sends */
 };
 
-enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL };
+enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL, TK_RETRY };
 
 struct conn {
     uv_tcp_t tcp;
@@ -120,9 +121,37 @@ struct conn {
     struct cache_ttl ttl;
     int64_t t_sent_wall_ms;
     int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
-    char *held;  /* a request body kept for its hash and for replay upstream */
-    size_t held_len, held_cap;
+    struct held_body *held; /* a request body kept whole: for its hash (cache key) and for replays */
+
+    /* tries: balancing, retries, deadline (issue 4) */
+    struct upstream_group *group; /* the route's upstream, or its fallback */
+    unsigned tries;               /* tries started for this request */
+    uint64_t tried;               /* targets of group tried: a bit per index */
+    uint64_t t_deadline;          /* uv_hrtime() when the route's deadline passes, 0 = none */
+    uint64_t retry_delay_ms;      /* the wait before the next try */
+    bool try_open;                /* the current try's outcome is not reported yet */
+    enum breaker_admit admit;     /* how the current try's server breaker let it through */
+    bool rs_retry;                /* this response is kept aside: another try follows */
+    bool keep_body;               /* body bytes going upstream are also copied into held */
+    bool body_unkept;             /* body bytes went upstream without a copy: no replay */
+    bool has_saved;               /* saved_rs holds the last response retried */
+    unsigned saved_status;
+    struct head saved_rs;
+    struct strbuf saved_body;
+    char idem_key[48];            /* Idempotency-Key sent on every try, "" when none is added */
 };
+
+/* A request body held whole.  Refcounted: the request holds one reference,
+ * every write batch that sends it (the first try, a replay) another. */
+struct held_body {
+    unsigned refs;
+    size_t len, cap;
+    char data[];
+};
+struct held_body *held_new(size_t cap);
+/* Appends, growing up to max bytes; false when it would pass max (or no memory). */
+bool held_append(struct held_body **h, const char *p, size_t len, size_t max);
+void held_release(void *h);
 
 #define CACHE_KEY_MAX 16384
 
@@ -137,6 +166,9 @@ void conn_abort(struct conn *c, enum stats_error why);
  * get) the connection waits for; the last one frees it. */
 void conn_unref(struct conn *c);
 void respond_error(struct conn *c, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same with extra header lines ("Name: value\r\n"...). */
+void respond_error_extra(struct conn *c, unsigned status, const char *extra, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* cached.c */
 /* The request's route caches: look it up.  True when the request was
@@ -156,6 +188,9 @@ bool cached_response_done(struct conn *c);
 /* The upstream failed before a head reached the client: true when a stale
  * entry answered instead (stale-if-error). */
 bool cached_upstream_failed(struct conn *c);
+/* Every server of the upstream is open: true when a stale entry (within
+ * max_stale) answered. */
+bool cached_upstream_unavailable(struct conn *c);
 /* Extra request lines for a revalidation (If-None-Match / If-Modified-Since),
  * or NULL. */
 const char *cached_request_extra(struct conn *c, char *buf, size_t cap);

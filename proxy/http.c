@@ -21,6 +21,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -28,11 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/outq.h"
 #include "common/strbuf.h"
+#include "breaker/retry.h"
 #include "proxy/conn.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
@@ -41,6 +44,9 @@
 /* An upstream head is bounded like a client's, with room to rewrite it. */
 #define HEAD_STORE_MAX (BUF_SIZE - 4096)
 #define UPSTREAM_MAX_HEADERS 256
+/* A response retried is kept (head and body up to this) in case it is the
+ * last real answer when the tries run out. */
+#define SAVED_BODY_MAX (64 * 1024)
 
 static const llhttp_settings_t request_settings;
 static const llhttp_settings_t response_settings;
@@ -83,6 +89,7 @@ static const char *reason_phrase(unsigned status)
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
+    case 429: return "Too Many Requests";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 502: return "Bad Gateway";
@@ -150,7 +157,7 @@ bool client_is_http11(const struct conn *c)
 /* Writes a complete response made here.  The connection closes after it when
  * asked, or when the request's body was not read (it cannot be skipped). */
 static void respond_local(struct conn *c, unsigned status, const char *ctype, const char *body, size_t len,
-                          bool close)
+                          bool close, const char *extra)
 {
     if (!c->rq_body_done && c->rq_has_body)
         close = true;
@@ -161,6 +168,8 @@ static void respond_local(struct conn *c, unsigned status, const char *ctype, co
     int n = snprintf(head, sizeof(head), "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
                      reason_phrase(status), ctype, len);
     n += process_time_line(c, head + n, sizeof(head) - n);
+    if (extra != NULL)
+        n += snprintf(head + n, sizeof(head) - n, "%s", extra);
     n += snprintf(head + n, sizeof(head) - n, "%s\r\n",
                   c->want_close ? "Connection: close\r\n"
                   : (!client_is_http11(c) ? "Connection: keep-alive\r\n" : ""));
@@ -178,19 +187,33 @@ static void respond_local(struct conn *c, unsigned status, const char *ctype, co
     req_done(c);
 }
 
-void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
+static void respond_error_va(struct conn *c, unsigned status, const char *extra, const char *fmt, va_list ap)
 {
     char body[512];
     int n = snprintf(body, sizeof(body), "%u %s: ", status, reason_phrase(status));
-    va_list ap;
-    va_start(ap, fmt);
     n += vsnprintf(body + n, sizeof(body) - n - 1, fmt, ap);
-    va_end(ap);
     if (n > (int)sizeof(body) - 2)
         n = sizeof(body) - 2;
     body[n++] = '\n';
     respond_local(c, status, "text/plain", body, (size_t)n,
-                  status == 400 || (status >= 413 && status < 500) || status == 501 || status == 505);
+                  status == 400 || (status >= 413 && status < 500 && status != 429) || status == 501 || status == 505,
+                  extra);
+}
+
+void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error_va(c, status, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void respond_error_extra(struct conn *c, unsigned status, const char *extra, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error_va(c, status, extra, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- closing ---- */
@@ -203,6 +226,8 @@ void conn_unref(struct conn *c)
     outq_dispose(&c->out);
     head_dispose(&c->rq);
     head_dispose(&c->rs);
+    head_dispose(&c->saved_rs);
+    strbuf_dispose(&c->saved_body);
     free(c->key);
     free(c);
     w->nconns--;
@@ -218,6 +243,10 @@ static void on_conn_closed(uv_handle_t *h)
 
 static void req_release(struct conn *c)
 {
+    if (c->held != NULL) {
+        held_release(c->held);
+        c->held = NULL;
+    }
     if (c->rstats != NULL) {
         STATS_ADD(c->rstats->active, -1);
         c->rstats = NULL;
@@ -323,6 +352,14 @@ static void req_reset(struct conn *c)
     c->rs_chunk_out = c->rs_rechunk = false;
     c->up_reused = c->retried = false;
     c->is_dispatched = false;
+    c->group = NULL;
+    c->tries = 0;
+    c->tried = 0;
+    c->t_deadline = 0;
+    c->rs_retry = c->keep_body = c->body_unkept = c->has_saved = false;
+    head_reset(&c->saved_rs);
+    strbuf_dispose(&c->saved_body);
+    c->idem_key[0] = '\0';
     c->host[0] = '\0';
 }
 
@@ -418,6 +455,27 @@ static void up_attach(struct conn *c, struct upstream_conn *uc)
     uc->out.owner = c;
     uc->out.done_cb = up_on_write_done;
     STATS_ADD(server_stats(c)->active, 1);
+    atomic_fetch_add_explicit(&c->target->srv->inflight, 1, memory_order_relaxed);
+}
+
+static void log_transition(const struct upstream_server *srv, const struct breaker_transition *tr)
+{
+    if (!tr->changed)
+        return;
+    LOG_AT(tr->to == BREAKER_CLOSED ? LOG_INFO : LOG_WARN, "breaker", "%s: %s -> %s", srv->key,
+            breaker_state_name(tr->from), breaker_state_name(tr->to));
+}
+
+/* The verdict on the current try, for its server's breaker: once per try. */
+static void try_report(struct conn *c, enum breaker_outcome out)
+{
+    if (!c->try_open)
+        return;
+    c->try_open = false;
+    const struct conf_breaker *cb = &c->group->conf->breaker;
+    struct breaker_transition tr = {0};
+    breaker_report(&c->target->srv->breaker, cb, uv_now(&c->w->loop), c->admit, out, &tr);
+    log_transition(c->target->srv, &tr);
 }
 
 /* Lets go of the upstream connection: back to the pool when the exchange
@@ -426,7 +484,9 @@ static void up_detach(struct conn *c, bool reusable)
 {
     struct upstream_conn *uc = c->uc;
     c->uc = NULL;
+    try_report(c, BREAKER_CANCEL);
     STATS_ADD(server_stats(c)->active, -1);
+    atomic_fetch_sub_explicit(&c->target->srv->inflight, 1, memory_order_relaxed);
     if (!reusable)
         uv_timer_stop(&uc->timer); /* upstream_pool_put restarts it otherwise */
     uc->on_read = NULL;
@@ -435,7 +495,7 @@ static void up_detach(struct conn *c, bool reusable)
         c->up_parsing = NULL;
     }
     if (reusable) {
-        const struct conf_upstream *cu = c->rt->group->conf;
+        const struct conf_upstream *cu = c->group->conf;
         upstream_pool_put(uc, cu->keepalive, cu->keepalive_timeout_ms);
     } else {
         upstream_conn_close(uc);
@@ -461,48 +521,194 @@ static bool method_is_idempotent(unsigned m)
            m == HTTP_DELETE;
 }
 
+/* ---- tries: retries with backoff, the deadline, replays ---- */
+
+/* The condition of `retry on=` a failure falls under (0: never retried). */
+static unsigned retry_condition(enum stats_error why)
+{
+    switch (why) {
+    case STATS_ERR_CONNECT:
+    case STATS_ERR_CONNECT_TIMEOUT: return CONF_RETRY_CONNECT;
+    case STATS_ERR_HEADER_TIMEOUT: return CONF_RETRY_TIMEOUT;
+    case STATS_ERR_UPSTREAM_CLOSED:
+    case STATS_ERR_BAD_RESPONSE: return CONF_RETRY_RESET;
+    default: return 0;
+    }
+}
+
+/* A per-try timeout cut short by what is left of the deadline. */
+static uint64_t try_timeout_ms(const struct conn *c, uint64_t ms)
+{
+    if (c->t_deadline == 0)
+        return ms;
+    uint64_t now = uv_hrtime();
+    uint64_t left = c->t_deadline > now ? (c->t_deadline - now) / 1000000 + 1 : 1;
+    return left < ms ? left : ms;
+}
+
+static bool deadline_passed(const struct conn *c)
+{
+    return c->t_deadline != 0 && uv_hrtime() >= c->t_deadline;
+}
+
+/* May the request be tried again after this failure (cond) or this status
+ * (cond 0)?  On yes, the budget is charged and retry_delay_ms set: full
+ * jitter backoff, or the server's Retry-After when longer.  Every "no" that
+ * is not simply "not configured" is counted, so a refused retry is never
+ * silent. */
+static bool retry_plan(struct conn *c, unsigned cond, unsigned status, int64_t retry_after)
+{
+    const struct conf_upstream *cu = c->group->conf;
+    const struct conf_retry *r = &cu->retry;
+    if (c->tries > r->tries || c->rs_head_sent)
+        return false;
+    if (cond != 0 ? !(r->on & cond) : !CONF_STATUS_HAS(&r->on_status, status))
+        return false;
+    /* a refused or timed-out connect never reached the upstream: always safe */
+    bool reached = cond != CONF_RETRY_CONNECT;
+    if (reached && !method_is_idempotent(c->method) && !c->route->retry_non_idempotent) {
+        STATS_INC(c->rstats->retry_unsafe);
+        return false;
+    }
+    if (reached && c->rq_has_body && (!c->rq_body_done || c->body_unkept || c->held == NULL)) {
+        STATS_INC(c->rstats->retry_unreplayable);
+        LOG_RATELIMITED(LOG_INFO, "proxy", "%s: not retried: the request body went upstream without a copy (over "
+                        "retry_body_max or not complete)", c->target->srv->key);
+        return false;
+    }
+    uint64_t delay = backoff_full_jitter(r->backoff_base_ms, r->backoff_cap_ms, c->tries - 1, retry_random());
+    if (retry_after > 0 && (uint64_t)retry_after > delay) {
+        /* without a deadline a wait past the header timeout is not worth it:
+         * the client gets the answer with its Retry-After instead */
+        if (c->t_deadline == 0 && (uint64_t)retry_after > cu->header_timeout_ms)
+            return false;
+        delay = (uint64_t)retry_after;
+    }
+    if (c->t_deadline != 0 && uv_hrtime() + delay * 1000000 >= c->t_deadline) {
+        STATS_INC(c->rstats->retry_deadline);
+        return false;
+    }
+    if (!retry_budget_take(&c->group->budget, r->budget_pct, r->budget_min_per_s, uv_now(&c->w->loop))) {
+        STATS_INC(c->rstats->retry_budget_exhausted);
+        LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: retry budget exhausted", cu->name);
+        return false;
+    }
+    c->retry_delay_ms = delay;
+    return true;
+}
+
+/* The next try starts after the planned wait (the conn's own timer: the
+ * request is complete or unread, so no client timer runs meanwhile). */
+static void retry_schedule(struct conn *c)
+{
+    c->state = CS_WAIT;
+    STATS_INC(c->rstats->retries);
+    timer_set(c, TK_RETRY, c->retry_delay_ms ? c->retry_delay_ms : 1);
+}
+
+/* The tries ran out after a response that was kept aside: it is the last
+ * real answer, so the client gets it rather than a made-up error. */
+static void respond_saved(struct conn *c)
+{
+    char extra[256];
+    int n = process_time_line(c, extra, sizeof(extra));
+    bool has_length = head_get(&c->saved_rs, "content-length", (char[24]){0}, 24);
+    if (!has_length)
+        n += snprintf(extra + n, sizeof(extra) - n, "Content-Length: %zu\r\n", c->saved_body.len);
+    if (!c->rq_keepalive || c->w->is_draining || c->client_eof || !c->rq_body_done)
+        c->want_close = true;
+    struct reply_head rh = {
+        .status = c->saved_status,
+        .ops = c->route->resp_ops,
+        .nops = c->route->nresp_ops,
+        .via = c->srv->via,
+        .close = c->want_close,
+        .keepalive_10 = !client_is_http11(c) && !c->want_close,
+        .extra = extra,
+    };
+    struct buf *blk = buf_get();
+    size_t len = head_build_response(&c->saved_rs, &rh, blk->data, BUF_SIZE);
+    if (len == 0) {
+        buf_unref(blk);
+        respond_error(c, 502, "upstream %s: the last response was too large to pass on", c->target->srv->key);
+        return;
+    }
+    outq_add_ref(&c->out, blk, blk->data, len);
+    buf_unref(blk);
+    if (c->method != HTTP_HEAD && c->saved_body.len > 0)
+        outq_add_copy(&c->out, c->saved_body.data, c->saved_body.len);
+    count_status(c, c->saved_status);
+    c->state = CS_LOCAL;
+    c->rs_head_sent = c->rs_done = true;
+    if (outq_flush(&c->out) != 0) {
+        conn_abort(c, STATS_ERR_CLIENT_CLOSED);
+        return;
+    }
+    req_done(c);
+}
+
 /* The upstream failed before a response head reached the client.  A request
  * sent on a reused keep-alive connection that the origin closed meanwhile is
  * resent once on a new connection when that is safe: idempotent, and no body
- * byte was consumed from the client. */
+ * byte was consumed from the client (this resend is not a try: the server
+ * never saw the request).  Else another try when `retry` allows it; else the
+ * last real response kept aside, or an error naming the cause. */
 static void up_fail(struct conn *c, enum stats_error why, int err)
 {
     struct stats_counters *ss = server_stats(c);
     bool stale = c->up_reused && !c->rs_started && !c->retried && method_is_idempotent(c->method) &&
                  !c->rq_has_body && (why == STATS_ERR_UPSTREAM_CLOSED);
-    up_detach(c, false);
     if (stale) {
+        up_detach(c, false);
         c->retried = true;
+        c->tries--;
         STATS_INC(ss->retries_idle);
         req_forward(c);
         return;
     }
+    try_report(c, BREAKER_FAILURE);
+    if (why != STATS_ERR_DEADLINE)
+        upstream_server_failure(c->target->srv, c->group->conf, uv_now(&c->w->loop));
+    up_detach(c, false);
     STATS_INC(ss->errors[why]);
     if (c->rstats != NULL)
         STATS_INC(c->rstats->errors[why]);
     const char *name = c->target->srv->key;
     LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name, upstream_error_text(err));
+    if (!c->rs_head_sent && retry_plan(c, retry_condition(why), 0, 0)) {
+        retry_schedule(c);
+        return;
+    }
     if (c->rc != NULL && cached_upstream_failed(c))
         return;
     if (c->rs_head_sent) {
         conn_abort(c, why);
         return;
     }
+    if (c->has_saved) {
+        respond_saved(c);
+        return;
+    }
     switch (why) {
     case STATS_ERR_CONNECT_TIMEOUT:
-        respond_error(c, 504, "upstream %s: connect timed out", name);
+        respond_error(c, 504, "upstream %s: connect timed out (try %u)", name, c->tries);
         break;
     case STATS_ERR_HEADER_TIMEOUT:
-        respond_error(c, 504, "upstream %s: no response head within the header timeout", name);
+        respond_error(c, 504, "upstream %s: no response head within the header timeout (try %u)", name, c->tries);
+        break;
+    case STATS_ERR_DEADLINE:
+        respond_error(c, 504, "upstream %s: the route's deadline of %" PRIu64 " ms passed (try %u)", name,
+                      c->route->deadline_ms, c->tries);
         break;
     case STATS_ERR_BAD_RESPONSE:
-        respond_error(c, 502, "upstream %s: malformed response", name);
+        respond_error(c, 502, "upstream %s: malformed response (try %u)", name, c->tries);
         break;
     case STATS_ERR_CONNECT:
-        respond_error(c, 502, "upstream %s: connect failed: %s", name, upstream_error_text(err));
+        respond_error(c, 502, "upstream %s: connect failed: %s (try %u)", name, upstream_error_text(err), c->tries);
         break;
     default:
-        respond_error(c, 502, "upstream %s: %s before a complete response head", name, upstream_error_text(err));
+        respond_error(c, 502, "upstream %s: %s before a complete response head (try %u)", name,
+                      upstream_error_text(err), c->tries);
         break;
     }
     /* the request may not have been read to its end: do not parse its rest */
@@ -522,11 +728,101 @@ static void up_on_connect(struct upstream_conn *uc, int status)
     up_send_request(c);
 }
 
+/* The first try of a request: its deadline, its share of the retry budget,
+ * and whether its body is copied for replays. */
+static void tries_begin(struct conn *c)
+{
+    c->group = c->rt->group;
+    if (c->route->deadline_ms != 0)
+        c->t_deadline = c->t_start + c->route->deadline_ms * 1000000;
+    const struct conf_retry *r = &c->group->conf->retry;
+    if (r->tries == 0)
+        return;
+    retry_budget_request(&c->group->budget, uv_now(&c->w->loop));
+    bool replayable = method_is_idempotent(c->method) || c->route->retry_non_idempotent;
+    bool after_send = (r->on & (CONF_RETRY_TIMEOUT | CONF_RETRY_RESET)) != 0;
+    for (unsigned i = 0; i < 10 && !after_send; i++)
+        after_send = r->on_status.bits[i] != 0;
+    if (!replayable || !after_send)
+        return;
+    if (c->rq_has_body && c->held == NULL) {
+        bool sized = (c->parser.flags & F_CONTENT_LENGTH) && !c->rq_chunked;
+        c->keep_body = !sized || c->parser.content_length <= r->body_max;
+        c->body_unkept = !c->keep_body;
+    }
+    if (!method_is_idempotent(c->method)) {
+        /* the same key on every try lets the upstream drop a duplicate */
+        char given[sizeof(c->idem_key)];
+        if (!head_get(&c->rq, "idempotency-key", given, sizeof(given))) {
+            uint64_t a = retry_random(), b = retry_random();
+            snprintf(c->idem_key, sizeof(c->idem_key), "sluice-%016" PRIx64 "%016" PRIx64, a, b);
+        }
+    }
+}
+
+/* Every server of the group is open: a stale answer, else the fallback
+ * upstream, else a 503 that says when to come back. */
+static bool all_open(struct conn *c, uint64_t now)
+{
+    if (c->rc != NULL && cached_upstream_unavailable(c))
+        return true;
+    if (c->rt->fallback != NULL && c->group != c->rt->fallback) {
+        c->group = c->rt->fallback;
+        c->tried = 0;
+        return false;
+    }
+    uint64_t wait = UINT64_MAX;
+    for (size_t i = 0; i < c->group->ntargets; i++) {
+        uint64_t w = breaker_wait_ms(&c->group->targets[i].srv->breaker, now);
+        wait = w < wait ? w : wait;
+    }
+    STATS_INC(c->rstats->errors[STATS_ERR_BREAKER_OPEN]);
+    char extra[64];
+    snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", wait == UINT64_MAX ? 1 : (wait + 999) / 1000);
+    respond_error_extra(c, 503, extra, "upstream %s: every server's circuit breaker is open", c->group->conf->name);
+    return true;
+}
+
 void req_forward(struct conn *c)
 {
     c->state = CS_WAIT;
-    c->target = upstream_group_pick(c->rt->group);
-    const struct conf_upstream *cu = c->rt->group->conf;
+    if (c->tries == 0)
+        tries_begin(c);
+    uint64_t now = uv_now(&c->w->loop);
+    for (;;) {
+        struct upstream_group *g = c->group;
+        const struct conf_breaker *cb = &g->conf->breaker;
+        uint64_t denied = 0;
+        c->target = NULL;
+        while ((c->target = upstream_group_pick(g, c->tried, denied, now)) != NULL) {
+            struct breaker_transition tr = {0};
+            c->admit = breaker_admit(&c->target->srv->breaker, cb, now, &tr);
+            log_transition(c->target->srv, &tr);
+            size_t index = (size_t)(c->target - g->targets);
+            if (c->admit != BREAKER_DENY)
+                break;
+            if (index >= 64) { /* past what the set can hold: as if none were left */
+                c->target = NULL;
+                break;
+            }
+            denied |= 1ull << index;
+        }
+        if (c->target != NULL)
+            break;
+        if (all_open(c, now))
+            return;
+    }
+    c->try_open = c->group->conf->breaker.enabled;
+    c->tries++;
+    if (c->tries > 1)
+        STATS_INC(server_stats(c)->retries);
+    size_t index = (size_t)(c->target - c->group->targets);
+    if (index < 64)
+        c->tried |= 1ull << index;
+    c->rs_retry = false;
+    c->rs_started = false;
+    head_reset(&c->rs);
+    const struct conf_upstream *cu = c->group->conf;
     struct upstream_conn *uc = c->retried ? NULL : upstream_pool_take(c->w->pool, c->target);
     if (uc != NULL) {
         c->up_reused = true;
@@ -539,29 +835,78 @@ void req_forward(struct conn *c)
     int err = 0;
     uc = upstream_conn_connect(c->w->pool, c->target, up_on_connect, c, &err);
     if (uc == NULL) {
+        try_report(c, BREAKER_FAILURE);
         STATS_INC(server_stats(c)->errors[STATS_ERR_CONNECT]);
         respond_error(c, 502, "upstream %s: connect failed: %s", c->target->srv->key, upstream_error_text(err));
         return;
     }
     up_attach(c, uc);
     STATS_INC(server_stats(c)->pool_new);
-    uv_timer_start(&uc->timer, up_on_timer, cu->connect_timeout_ms, 0);
+    uv_timer_start(&uc->timer, up_on_timer, try_timeout_ms(c, cu->connect_timeout_ms), 0);
 }
 
-/* A held body has one owner at a time: the batch that sends it. */
+/* ---- held request bodies ---- */
+
+struct held_body *held_new(size_t cap)
+{
+    struct held_body *h = malloc(sizeof(*h) + cap);
+    if (h != NULL)
+        *h = (struct held_body){.refs = 1, .cap = cap};
+    return h;
+}
+
+bool held_append(struct held_body **hp, const char *p, size_t len, size_t max)
+{
+    struct held_body *h = *hp;
+    size_t have = h != NULL ? h->len : 0;
+    if (len > max - have)
+        return false;
+    if (h == NULL || len > h->cap - h->len) {
+        /* only while the body is read, before any batch refers to it */
+        size_t cap = h != NULL ? h->cap * 2 : 16384;
+        while (cap < have + len)
+            cap *= 2;
+        if (cap > max)
+            cap = max;
+        struct held_body *grown = realloc(h, sizeof(*h) + cap);
+        if (grown == NULL)
+            return false;
+        if (h == NULL)
+            *grown = (struct held_body){.refs = 1};
+        grown->cap = cap;
+        *hp = h = grown;
+    }
+    memcpy(h->data + h->len, p, len);
+    h->len += len;
+    return true;
+}
+
 static void held_ref(void *p)
 {
+    ((struct held_body *)p)->refs++;
+}
+
+void held_release(void *p)
+{
+    struct held_body *h = p;
+    if (--h->refs == 0)
+        free(h);
 }
 
 static void up_send_request(struct conn *c)
 {
     struct upstream_conn *uc = c->uc;
-    const struct conf_upstream *cu = c->rt->group->conf;
+    const struct conf_upstream *cu = c->group->conf;
     struct buf *blk = buf_get();
-    char validators[1024];
+    char extra[1024];
+    const char *validators = c->rc != NULL ? cached_request_extra(c, extra, sizeof(extra)) : NULL;
+    if (c->idem_key[0] != '\0') {
+        size_t used = validators != NULL ? strlen(extra) : 0;
+        snprintf(extra + used, sizeof(extra) - used, "Idempotency-Key: %s\r\n", c->idem_key);
+    }
     struct forward_head fh = {
         .drop_conditional = c->entry != NULL,
-        .extra = c->rc != NULL ? cached_request_extra(c, validators, sizeof(validators)) : NULL,
+        .extra = validators != NULL || c->idem_key[0] != '\0' ? extra : NULL,
         .method = llhttp_method_name(c->method),
         .host = c->host[0] ? c->host : c->target->conf->name,
         .client_ip = c->peer,
@@ -582,10 +927,17 @@ static void up_send_request(struct conn *c)
     }
     outq_add_ref(&uc->out, blk, blk->data, n);
     buf_unref(blk);
-    if (c->held != NULL) {
-        /* the body read for the cache key: the write batch now owns it */
-        outq_add_held(&uc->out, c->held, c->held_len, held_ref, free, c->held);
-        c->held = NULL;
+    if (c->held != NULL && c->rq_body_done) {
+        /* a body read whole before this try: for the cache key, or kept for a replay */
+        if (c->rq_chunked && c->held->len > 0) {
+            char line[32];
+            int len = snprintf(line, sizeof(line), "%zx\r\n", c->held->len);
+            outq_add_copy(&uc->out, line, (size_t)len);
+        }
+        outq_add_held(&uc->out, c->held->data, c->held->len, held_ref, held_release, c->held);
+        if (c->rq_chunked)
+            outq_add_static(&uc->out, c->held->len > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n",
+                            c->held->len > 0 ? 7 : 5);
     }
     uc->requests++;
     c->state = CS_FORWARD;
@@ -594,7 +946,7 @@ static void up_send_request(struct conn *c)
     llhttp_init(&c->rparser, HTTP_RESPONSE, &response_settings);
     c->rparser.data = c;
     up_read_start(c);
-    uv_timer_start(&uc->timer, up_on_timer, cu->header_timeout_ms, 0);
+    uv_timer_start(&uc->timer, up_on_timer, try_timeout_ms(c, cu->header_timeout_ms), 0);
     if (c->rq_expect && !c->rq_body_done && client_is_http11(c) && c->pend == NULL) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         outq_add_static(&c->out, cont, sizeof(cont) - 1);
@@ -625,7 +977,9 @@ static void up_on_timer(uv_timer_t *t)
     struct conn *c = uc->owner;
     if (c == NULL)
         return;
-    if (c->state == CS_WAIT)
+    if (!c->rs_head_sent && deadline_passed(c))
+        up_fail(c, STATS_ERR_DEADLINE, UV_ETIMEDOUT);
+    else if (c->state == CS_WAIT)
         up_fail(c, STATS_ERR_CONNECT_TIMEOUT, UV_ETIMEDOUT);
     else if (!c->rs_head_sent)
         up_fail(c, STATS_ERR_HEADER_TIMEOUT, UV_ETIMEDOUT);
@@ -743,6 +1097,62 @@ static int rs_on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+static int64_t wall_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A 429 tells when the quota resets: Retry-After, or the x-ratelimit-reset*
+ * fields AI APIs send (the latest of them); -1 when it does not say. */
+static int64_t quota_reset_ms(const struct conn *c, int64_t retry_after, int64_t wall)
+{
+    static const char *const names[] = {"x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"};
+    int64_t reset = retry_after;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char v[128];
+        if (head_get(&c->rs, names[i], v, sizeof(v))) {
+            int64_t r = ratelimit_reset_ms(v, strlen(v), wall);
+            reset = r > reset ? r : reset;
+        }
+    }
+    return reset;
+}
+
+/* A final response head from the current try: its latency for the balancer,
+ * its verdict for the breaker, and whether the request is tried again
+ * instead (then true: the response is kept aside, not sent). */
+static bool try_response(struct conn *c, unsigned status)
+{
+    struct upstream_server *srv = c->target->srv;
+    const struct conf_upstream *cu = c->group->conf;
+    upstream_server_success(srv, (uv_hrtime() - c->t_sent) / 1000);
+    bool quota = cu->breaker.enabled && status == 429;
+    bool retryable = cu->retry.tries > 0 && CONF_STATUS_HAS(&cu->retry.on_status, status);
+    int64_t retry_after = -1, wall = 0;
+    if (quota || retryable) {
+        char v[128];
+        wall = wall_now_ms();
+        if (head_get(&c->rs, "retry-after", v, sizeof(v)))
+            retry_after = retry_after_ms(v, strlen(v), wall);
+    }
+    if (c->try_open) {
+        int64_t reset = quota ? quota_reset_ms(c, retry_after, wall) : -1;
+        if (reset > 0) {
+            /* a quota signal, not a sick host: held until the reset, then closed without probes */
+            uint64_t now = uv_now(&c->w->loop);
+            struct breaker_transition tr = {0};
+            breaker_quota(&srv->breaker, &cu->breaker, now, now + (uint64_t)reset, &tr);
+            log_transition(srv, &tr);
+            try_report(c, BREAKER_CANCEL);
+        } else {
+            try_report(c, CONF_STATUS_HAS(&cu->breaker.on, status) ? BREAKER_FAILURE : BREAKER_SUCCESS);
+        }
+    }
+    return retryable && retry_plan(c, 0, status, retry_after);
+}
+
 static int rs_on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
@@ -755,13 +1165,23 @@ static int rs_on_headers_complete(llhttp_t *p)
         if (!c->rq_upgrade)
             return -1;
         c->rs_upgrade = true;
+        try_response(c, status);
         resp_write_head(c);
         return 2;
+    }
+    bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304;
+    if (try_response(c, status)) {
+        /* kept (up to SAVED_BODY_MAX) in case it is the last real answer */
+        c->rs_retry = true;
+        c->has_saved = false;
+        c->saved_status = status;
+        strbuf_dispose(&c->saved_body);
+        return no_body ? 1 : 0;
     }
     resp_write_head(c);
     /* RFC 9112 6.3: these never have a body, whatever Content-Length says
      * (llhttp 8 would wait for one after a 304 that carries it) */
-    return c->method == HTTP_HEAD || status == 204 || status == 304 ? 1 : 0;
+    return no_body ? 1 : 0;
 }
 
 static int rs_on_chunk_header(llhttp_t *p)
@@ -791,6 +1211,13 @@ static int rs_on_chunk_complete(llhttp_t *p)
 static int rs_on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    if (c->rs_retry) {
+        if (len <= SAVED_BODY_MAX - c->saved_body.len)
+            strbuf_append(&c->saved_body, at, len);
+        else
+            c->saved_status = 0; /* too large to keep: forgotten */
+        return 0;
+    }
     if (c->rs_swallow)
         return 0;
     if (c->rs_rechunk) {
@@ -857,6 +1284,15 @@ static void resp_finish(struct conn *c, bool leftover)
 {
     bool reusable = !leftover && c->rq_body_done && llhttp_should_keep_alive(&c->rparser);
     up_detach(c, reusable);
+    if (c->rs_retry) {
+        struct head kept = c->saved_rs;
+        c->saved_rs = c->rs;
+        c->rs = kept;
+        head_reset(&c->rs);
+        c->has_saved = c->saved_status != 0;
+        retry_schedule(c);
+        return;
+    }
     if (c->rc != NULL && cached_response_done(c))
         return;
     if (outq_flush(&c->out) != 0) {
@@ -918,7 +1354,7 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
             uv_timer_again(&uc->timer);
             return;
         }
-        uv_timer_start(&uc->timer, up_on_timer, c->rt->group->conf->idle_timeout_ms, 0);
+        uv_timer_start(&uc->timer, up_on_timer, c->group->conf->idle_timeout_ms, 0);
         if (outq_flush(&c->out) != 0) {
             conn_abort(c, STATS_ERR_CLIENT_CLOSED);
             return;
@@ -965,7 +1401,7 @@ static void client_on_write_done(struct outq *q, int status)
         if (c->state == CS_TUNNEL)
             timer_set(c, TK_TUNNEL, c->route->websocket_idle_timeout_ms);
         else
-            uv_timer_start(&c->uc->timer, up_on_timer, c->rt->group->conf->idle_timeout_ms, 0);
+            uv_timer_start(&c->uc->timer, up_on_timer, c->group->conf->idle_timeout_ms, 0);
         timer_set(c, TK_NONE, 0);
     } else if (c->timer_kind == TK_SEND) {
         timer_set(c, TK_SEND, c->srv->send_timeout_ms); /* progress: the stall clock restarts */
@@ -1158,6 +1594,13 @@ static int rq_on_body(llhttp_t *p, const char *at, size_t len)
         return cached_hold(c, at, len) ? 0 : rq_limit(c, 400, "request body longer than its Content-Length");
     if (c->uc != NULL)
         outq_add_ref(&c->uc->out, c->parsing, at, len);
+    if (c->keep_body && !held_append(&c->held, at, len, c->group->conf->retry.body_max)) {
+        /* past retry_body_max: no replay for this request */
+        c->keep_body = false;
+        c->body_unkept = true;
+        held_release(c->held);
+        c->held = NULL;
+    }
     return 0;
 }
 
@@ -1194,7 +1637,7 @@ static void req_admin(struct conn *c)
     char auth[512];
     const char *auth_value = head_get(&c->rq, "authorization", auth, sizeof(auth)) ? auth : NULL;
     int status = admin_handle(c->w, llhttp_method_name(c->method), path, auth_value, &body, &ctype);
-    respond_local(c, (unsigned)status, ctype, body.data ? body.data : "", body.len, false);
+    respond_local(c, (unsigned)status, ctype, body.data ? body.data : "", body.len, false, NULL);
     strbuf_dispose(&body);
 }
 
@@ -1428,6 +1871,10 @@ static void on_conn_timer(uv_timer_t *t)
             respond_error(c, 408, "request body stalled longer than client_body_timeout");
         }
         break;
+    case TK_RETRY:
+        timer_set(c, TK_NONE, 0);
+        req_forward(c);
+        break;
     case TK_NONE:
         break;
     }
@@ -1467,6 +1914,8 @@ void conn_accept(struct listener *l)
     c->srv = default_server(c);
     head_init(&c->rq);
     head_init(&c->rs);
+    head_init(&c->saved_rs);
+    strbuf_init(&c->saved_body);
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
     c->state = CS_IDLE;

@@ -87,6 +87,7 @@ static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *gr
             snprintf(rt->name, len, "%s%s", sname, r->prefix);
             rt->stats = stats_set_get("route", rt->name);
             rt->group = &groups[r->upstream - conf->upstreams];
+            rt->fallback = r->fallback ? &groups[r->fallback - conf->upstreams] : NULL;
             if (r->cache != NULL) {
                 rt->store = cache_get(r->cache->cache->name, r->cache->cache->memory, r->cache->cache->max_object,
                                       4 * conf->workers);

@@ -37,6 +37,7 @@ struct route_rt {
     char *name; /* stats key: "<server name or listen>/<prefix>" */
     struct stats_set *stats;
     struct upstream_group *group;
+    struct upstream_group *fallback; /* `fallback`: while every server of group is open, or NULL */
     struct cache *store; /* the route's cache store, NULL when it does not cache */
 };
 

@@ -39,6 +39,8 @@ const char *const stats_error_names[STATS_ERR__COUNT] = {
     [STATS_ERR_CLIENT_CLOSED] = "client_closed",
     [STATS_ERR_BAD_REQUEST] = "bad_request",
     [STATS_ERR_NO_ROUTE] = "no_route",
+    [STATS_ERR_DEADLINE] = "deadline",
+    [STATS_ERR_BREAKER_OPEN] = "breaker_open",
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -163,6 +165,11 @@ void stats_sum(struct stats_set *set, struct stats_total *out)
         out->pool_reuse += ld(&c->pool_reuse);
         out->pool_new += ld(&c->pool_new);
         out->retries_idle += ld(&c->retries_idle);
+        out->retries += ld(&c->retries);
+        out->retry_budget_exhausted += ld(&c->retry_budget_exhausted);
+        out->retry_unreplayable += ld(&c->retry_unreplayable);
+        out->retry_unsafe += ld(&c->retry_unsafe);
+        out->retry_deadline += ld(&c->retry_deadline);
         out->cache_hit += ld(&c->cache_hit);
         out->cache_miss += ld(&c->cache_miss);
         out->cache_stale += ld(&c->cache_stale);
@@ -195,6 +202,10 @@ static void render_set(struct strbuf *sb, struct stats_set *set)
                   ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ",\"active\":%" PRId64
                   ",\"pool_reuse\":%" PRIu64 ",\"pool_new\":%" PRIu64 ",\"retries_idle\":%" PRIu64,
                   t.bytes_in, t.bytes_out, t.active, t.pool_reuse, t.pool_new, t.retries_idle);
+    strbuf_printf(sb,
+                  ",\"retries\":{\"done\":%" PRIu64 ",\"budget_exhausted\":%" PRIu64 ",\"unreplayable\":%" PRIu64
+                  ",\"unsafe\":%" PRIu64 ",\"deadline\":%" PRIu64 "}",
+                  t.retries, t.retry_budget_exhausted, t.retry_unreplayable, t.retry_unsafe, t.retry_deadline);
     if (t.cache_hit + t.cache_miss + t.cache_stale + t.cache_revalidated + t.cache_coalesced +
             t.cache_redis_hit + t.cache_redis_error >
         0) {

@@ -31,6 +31,8 @@ enum stats_error {
     STATS_ERR_CLIENT_CLOSED,   /* client went away before the response was complete */
     STATS_ERR_BAD_REQUEST,     /* we answered 400/408/413/414/431 */
     STATS_ERR_NO_ROUTE,        /* no route matched: 404 */
+    STATS_ERR_DEADLINE,        /* the route's deadline passed before a response head */
+    STATS_ERR_BREAKER_OPEN,    /* every server's breaker was open: answered without trying */
     STATS_ERR__COUNT
 };
 
@@ -46,6 +48,11 @@ struct stats_counters {
     _Atomic uint64_t pool_reuse; /* requests sent on a pooled keep-alive connection */
     _Atomic uint64_t pool_new;   /* requests that needed a new connection */
     _Atomic uint64_t retries_idle; /* idempotent requests resent after a pooled connection died */
+    _Atomic uint64_t retries;                /* tries after the first (route; server: tries it received as a retry) */
+    _Atomic uint64_t retry_budget_exhausted; /* a retry the retry budget refused */
+    _Atomic uint64_t retry_unreplayable;     /* a retry refused: the body sent was not kept (too large) */
+    _Atomic uint64_t retry_unsafe;           /* a retry refused: a non-idempotent request that reached the upstream */
+    _Atomic uint64_t retry_deadline;         /* a retry refused: the wait would pass the deadline */
     _Atomic uint64_t cache_hit;         /* answered from a stored response (fresh, or stale-while-revalidate) */
     _Atomic uint64_t cache_miss;        /* went upstream to fill the cache */
     _Atomic uint64_t cache_stale;       /* answered stale because the upstream failed (stale-if-error) */
@@ -79,6 +86,7 @@ struct stats_counters *stats_slot(struct stats_set *set, unsigned worker);
 /* Sums every worker slot of a set (any thread). */
 struct stats_total {
     uint64_t requests, status[6], bytes_in, bytes_out, pool_reuse, pool_new, retries_idle;
+    uint64_t retries, retry_budget_exhausted, retry_unreplayable, retry_unsafe, retry_deadline;
     uint64_t cache_hit, cache_miss, cache_stale, cache_revalidated, cache_coalesced, cache_redis_hit,
         cache_redis_error;
     int64_t active;

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -42,6 +43,7 @@ struct upstream_server *upstream_server_get(const char *group, const char *hostp
         abort();
     s->id = registry_len;
     s->stats = stats_set_get("server", key);
+    breaker_init(&s->breaker);
     registry[registry_len++] = s;
 out:
     pthread_mutex_unlock(&registry_lock);
@@ -134,6 +136,7 @@ void upstream_groups_build(uv_loop_t *loop, const struct conf *conf, upstream_bu
         const struct conf_upstream *cu = &conf->upstreams[i];
         struct upstream_group *g = &groups[i];
         g->conf = cu;
+        retry_budget_init(&g->budget);
         g->ntargets = cu->nservers;
         g->targets = calloc(cu->nservers, sizeof(*g->targets));
         if (g->targets == NULL)
@@ -170,33 +173,150 @@ void upstream_groups_free(struct upstream_group *groups, size_t n)
 {
     if (groups == NULL)
         return;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(groups[i].targets);
+        retry_budget_dispose(&groups[i].budget);
+    }
     free(groups);
 }
 
-struct upstream_target *upstream_group_pick(struct upstream_group *g)
+bool upstream_server_is_down(struct upstream_server *s, uint64_t now_ms)
 {
-    unsigned total = 0;
-    bool primaries = false;
-    for (size_t i = 0; i < g->ntargets; i++)
-        primaries |= !g->targets[i].conf->backup;
-    for (size_t i = 0; i < g->ntargets; i++)
-        if (g->targets[i].conf->backup != primaries)
-            total += g->targets[i].conf->weight ? g->targets[i].conf->weight : 1;
-    if (g->ntargets == 1)
-        return &g->targets[0];
-    unsigned slot = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed) % total;
-    for (size_t i = 0; i < g->ntargets; i++) {
-        struct upstream_target *t = &g->targets[i];
-        if (t->conf->backup == primaries)
-            continue;
-        unsigned w = t->conf->weight ? t->conf->weight : 1;
-        if (slot < w)
-            return t;
-        slot -= w;
+    return atomic_load_explicit(&s->health_down, memory_order_relaxed) ||
+           atomic_load_explicit(&s->down_until_ms, memory_order_relaxed) > now_ms;
+}
+
+void upstream_server_success(struct upstream_server *s, uint64_t elapsed_us)
+{
+    /* a racing update may be lost: an average does not need every sample */
+    uint64_t old = atomic_load_explicit(&s->ewma_us, memory_order_relaxed);
+    uint64_t ewma = old == 0 ? elapsed_us : old - old / 4 + elapsed_us / 4;
+    atomic_store_explicit(&s->ewma_us, ewma ? ewma : 1, memory_order_relaxed);
+    /* only write the shared line when there is something to clear */
+    if (atomic_load_explicit(&s->fails, memory_order_relaxed) != 0)
+        atomic_store_explicit(&s->fails, 0, memory_order_relaxed);
+}
+
+void upstream_server_failure(struct upstream_server *s, const struct conf_upstream *cu, uint64_t now_ms)
+{
+    if (cu->max_fails == 0)
+        return;
+    unsigned n = atomic_fetch_add_explicit(&s->fails, 1, memory_order_relaxed) + 1;
+    if (n < cu->max_fails)
+        return;
+    atomic_store_explicit(&s->fails, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->down_until_ms, now_ms + cu->fail_timeout_ms, memory_order_relaxed);
+    LOG_RATELIMITED(LOG_WARN, "upstream", "%s: %u failure(s) in a row: skipped for %" PRIu64 " ms", s->key, n,
+                    cu->fail_timeout_ms);
+}
+
+static uint64_t pick_random(void)
+{
+    static _Thread_local uint64_t x;
+    if (x == 0)
+        x = uv_hrtime() ^ (uint64_t)(uintptr_t)&x;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
+static unsigned weight_of(const struct upstream_target *t)
+{
+    return t->conf->weight ? t->conf->weight : 1;
+}
+
+/* p2c: the lower expected wait, latency times queue, per unit of weight.  A
+ * server with no sample yet scores as the fastest, so it gets tried. */
+static bool p2c_better(const struct upstream_target *a, const struct upstream_target *b)
+{
+    uint64_t la = atomic_load_explicit(&a->srv->ewma_us, memory_order_relaxed) + 1;
+    uint64_t lb = atomic_load_explicit(&b->srv->ewma_us, memory_order_relaxed) + 1;
+    uint64_t qa = atomic_load_explicit(&a->srv->inflight, memory_order_relaxed) + 1;
+    uint64_t qb = atomic_load_explicit(&b->srv->inflight, memory_order_relaxed) + 1;
+    /* la*qa/wa < lb*qb/wb without division; latencies are capped so the products fit */
+    la = la < (1ull << 40) ? la : (1ull << 40);
+    lb = lb < (1ull << 40) ? lb : (1ull << 40);
+    return (unsigned __int128)la * qa * weight_of(b) < (unsigned __int128)lb * qb * weight_of(a);
+}
+
+static struct upstream_target *pick_among(struct upstream_group *g, struct upstream_target **cand, size_t n)
+{
+    if (n == 1)
+        return cand[0];
+    switch (g->conf->balance) {
+    case CONF_BALANCE_P2C: {
+        size_t i = pick_random() % n, j = pick_random() % (n - 1);
+        if (j >= i)
+            j++;
+        return p2c_better(cand[j], cand[i]) ? cand[j] : cand[i];
     }
-    return &g->targets[0];
+    case CONF_BALANCE_LEAST_CONN: {
+        /* start at a rotating place so ties spread */
+        size_t start = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed) % n;
+        struct upstream_target *best = NULL;
+        uint64_t best_q = 0, best_w = 1;
+        for (size_t k = 0; k < n; k++) {
+            struct upstream_target *t = cand[(start + k) % n];
+            uint64_t q = atomic_load_explicit(&t->srv->inflight, memory_order_relaxed);
+            if (best == NULL || q * best_w < best_q * weight_of(t)) {
+                best = t;
+                best_q = q;
+                best_w = weight_of(t);
+            }
+        }
+        return best;
+    }
+    case CONF_BALANCE_ROUND_ROBIN:
+    default: {
+        unsigned total = 0;
+        for (size_t k = 0; k < n; k++)
+            total += weight_of(cand[k]);
+        unsigned slot = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed) % total;
+        for (size_t k = 0; k < n; k++) {
+            if (slot < weight_of(cand[k]))
+                return cand[k];
+            slot -= weight_of(cand[k]);
+        }
+        return cand[0];
+    }
+    }
+}
+
+
+static bool breaker_refuses(const struct upstream_group *g, struct upstream_target *t, uint64_t now_ms)
+{
+    if (!g->conf->breaker.enabled)
+        return false;
+    enum breaker_state st = breaker_state(&t->srv->breaker, now_ms);
+    return st == BREAKER_OPEN || st == BREAKER_QUOTA;
+}
+
+struct upstream_target *upstream_group_pick(struct upstream_group *g, uint64_t tried, uint64_t excluded,
+                                           uint64_t now_ms)
+{
+    struct upstream_target *cand[CONF_MAX_UPSTREAM_SERVERS];
+    size_t n = g->ntargets;
+    /* the strictest pass that leaves a candidate wins: untried primaries that
+     * are up, untried backups that are up, tried ones that are up, any */
+    for (int pass = 0; pass < 4; pass++) {
+        size_t nc = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct upstream_target *t = &g->targets[i];
+            /* the sets have a bit for each of the first 64 servers */
+            if ((i < 64 && ((excluded >> i) & 1)) || breaker_refuses(g, t, now_ms))
+                continue;
+            bool is_tried = i < 64 && ((tried >> i) & 1);
+            bool is_down = pass < 3 && upstream_server_is_down(t->srv, now_ms);
+            if (is_down || (pass < 2 && is_tried) || (pass == 0 && t->conf->backup) ||
+                (pass == 1 && !t->conf->backup))
+                continue;
+            cand[nc++] = t;
+        }
+        if (nc > 0)
+            return pick_among(g, cand, nc);
+    }
+    return NULL;
 }
 
 /* ---- per-worker connection pools ---- */

@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "breaker/breaker.h"
+#include "breaker/retry.h"
 #include "common/list.h"
 #include "common/outq.h"
 #include "conf/conf.h"
@@ -33,6 +35,12 @@ struct upstream_server {
     char *key;   /* "group/host:port" */
     struct stats_set *stats;
     atomic_bool health_down; /* set by the active health checks (upstream/health.c) */
+    /* shared by every worker, read by the balancing pick */
+    atomic_uint inflight;             /* requests using it now */
+    _Atomic uint64_t ewma_us;         /* moving average of the time to a response head */
+    atomic_uint fails;                /* passive health: failures in a row */
+    _Atomic uint64_t down_until_ms;   /* passive health: skipped until then (uv_now-style ms) */
+    struct breaker breaker;           /* used when its upstream has a `breaker` */
 };
 
 /* Finds or creates the identity of a server (main thread). */
@@ -50,6 +58,7 @@ struct upstream_group {
     struct upstream_target *targets;
     size_t ntargets;
     atomic_uint next; /* round-robin cursor */
+    struct retry_budget budget;
 };
 
 /* Resolves the conf's upstream host names with uv_getaddrinfo on loop (the
@@ -60,9 +69,19 @@ typedef void (*upstream_build_cb)(void *arg, struct upstream_group *groups, cons
 void upstream_groups_build(uv_loop_t *loop, const struct conf *conf, upstream_build_cb cb, void *arg);
 void upstream_groups_free(struct upstream_group *groups, size_t n);
 
-/* Weighted round robin over the non-backup servers (backups only when there
- * are none).  Any thread. */
-struct upstream_target *upstream_group_pick(struct upstream_group *g);
+/* Picks a server for a try, by the group's balance policy, among the
+ * primaries that are up and not in `tried` (a bit per target index), then
+ * the backups; when none is up, one that is down rather than nothing (the
+ * try itself tells).  Never one in `excluded` or whose breaker is open or in
+ * quota: NULL when that leaves none.  Any thread. */
+struct upstream_target *upstream_group_pick(struct upstream_group *g, uint64_t tried, uint64_t excluded,
+                                           uint64_t now_ms);
+
+/* What a try taught about its server: passive health and the latency the
+ * p2c policy compares.  elapsed_us: request sent -> response head. */
+void upstream_server_success(struct upstream_server *s, uint64_t elapsed_us);
+void upstream_server_failure(struct upstream_server *s, const struct conf_upstream *cu, uint64_t now_ms);
+bool upstream_server_is_down(struct upstream_server *s, uint64_t now_ms);
 
 struct upstream_pool;
 struct upstream_conn;

@@ -499,7 +499,18 @@ TEST(defaults)
     ASSERT_STR_EQ(c->admin_listen.pos.file, "(default)");
     ASSERT(c->admin_token == NULL);
     const struct conf_upstream *u = &c->upstreams[0];
-    ASSERT_EQ(u->balance, CONF_BALANCE_ROUND_ROBIN);
+    ASSERT_EQ(u->balance, CONF_BALANCE_P2C);
+    ASSERT_EQ(u->retry.tries, 1);
+    ASSERT_EQ(u->retry.on, CONF_RETRY_CONNECT);
+    ASSERT_EQ(u->retry.backoff_base_ms, 100);
+    ASSERT_EQ(u->retry.backoff_cap_ms, 2000);
+    ASSERT_EQ(u->retry.body_max, 65536);
+    ASSERT_EQ(u->retry.budget_pct, 20);
+    ASSERT_EQ(u->retry.budget_min_per_s, 10);
+    ASSERT(!u->breaker.enabled);
+    ASSERT(u->health.path == NULL);
+    ASSERT_EQ(u->max_fails, 1);
+    ASSERT_EQ(u->fail_timeout_ms, 10000);
     ASSERT_EQ(u->keepalive, 64);
     ASSERT_EQ(u->keepalive_timeout_ms, 60000);
     ASSERT_EQ(u->connect_timeout_ms, 5000);
@@ -843,9 +854,7 @@ TEST(directive_errors)
 TEST(future_directives_not_supported_yet)
 {
     static const char *const names[] = {
-        "limit",        "analytics", "access_log", "retry",        "retry_budget",         "breaker",
-        "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent", "tls_verify",
-        "tls_ca",
+        "limit", "analytics", "access_log", "max_inflight", "tls_verify", "tls_ca",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char text[512], want[128];
@@ -874,8 +883,6 @@ TEST(value_errors)
          "t.conf:3: error_log: invalid value \"loud\" (expected error, warn, info or debug)\n"},
         {BASE "error_log /var/log/x info;\n",
          "t.conf:3: error_log: only stderr is supported for now, not \"/var/log/x\"\n"},
-        {BASE "upstream w { server 1.2.3.4:80; balance p2c; }\n",
-         "t.conf:3: upstream w: balance p2c is not supported yet (round_robin)\n"},
         {BASE "upstream v { server 1.2.3.4:80; balance random; }\n",
          "t.conf:3: balance: invalid value \"random\" (expected round_robin, least_conn or p2c)\n"},
         {BASE "upstream v { server 1.2.3.4:80; keepalive 10001; }\n",
@@ -1258,7 +1265,7 @@ TEST(large_conf_loads_fast)
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     fputs("upstream big {\n", f);
-    for (int i = 0; i < 60000; i++)
+    for (int i = 0; i < CONF_MAX_UPSTREAM_SERVERS; i++)
         fprintf(f, "server h%d:80;\n", i);
     fputs("}\nserver {\nlisten 80;\n", f);
     for (int i = 0; i < 60000; i++)
@@ -1266,7 +1273,7 @@ TEST(large_conf_loads_fast)
     fputs("}\n", f);
     fclose(f);
     struct conf *c = load_ok(text);
-    ASSERT_EQ(c->upstreams[0].nservers, 60000);
+    ASSERT_EQ(c->upstreams[0].nservers, CONF_MAX_UPSTREAM_SERVERS);
     ASSERT_EQ(c->servers[0].nroutes, 60000);
     ASSERT_STR_EQ(c->servers[0].routes[0].prefix, "/r10000");
     conf_unref(c);
@@ -1476,12 +1483,18 @@ TEST(print_exact_output)
                         "\n"
                         "upstream u {\n"
                         "    server 127.0.0.1:81 weight=1;\n"
-                        "    balance round_robin;\n"
+                        "    balance p2c;\n"
                         "    keepalive 64;\n"
                         "    keepalive_timeout 1m;\n"
                         "    connect_timeout 5s;\n"
                         "    header_timeout 1m;\n"
                         "    idle_timeout 1m;\n"
+                        "    max_fails 1;\n"
+                        "    fail_timeout 10s;\n"
+                        "    retry 1 on=connect backoff=100ms..2s;\n"
+                        "    retry_body_max 64k;\n"
+                        "    retry_budget 20% min=10/s;\n"
+                        "    breaker off;\n"
                         "}\n"
                         "\n"
                         "server {\n"
@@ -1500,6 +1513,8 @@ TEST(print_exact_output)
                         "    route / {\n"
                         "        upstream u;\n"
                         "        websocket_idle_timeout 5m;\n"
+                        "        deadline 0s;\n"
+                        "        retry_non_idempotent off;\n"
                         "    }\n"
                         "}\n");
     free(text);
@@ -1949,6 +1964,8 @@ TEST(cache_print_round_trip)
               "            query_sort on;\n"
               "            query_ignore utm_source utm_medium a%20b;\n"
               "        }\n"
+              "        deadline 0s;\n"
+              "        retry_non_idempotent off;\n"
               "    }\n");
     ASSERT_CONTAINS(text, "ttl_from json:\"job.the state\" done=1d;\n");
     free(text);
@@ -1961,7 +1978,7 @@ TEST(cache_print_defaults_exact)
                              "cache main;\n"
                              "server { listen 127.0.0.1:8080; route / { upstream u; cache main; } }\n");
     char *text = print_conf(c);
-    ASSERT_CONTAINS(text, "    idle_timeout 1m;\n"
+    ASSERT_CONTAINS(text, "    breaker off;\n"
                           "}\n"
                           "\n"
                           "cache main {\n"
@@ -1983,6 +2000,8 @@ TEST(cache_print_defaults_exact)
                           "            key_body_max 1m;\n"
                           "            query_sort off;\n"
                           "        }\n"
+                          "        deadline 0s;\n"
+                          "        retry_non_idempotent off;\n"
                           "    }\n"
                           "}\n");
     assert_round_trip(c);
@@ -2211,6 +2230,119 @@ TEST(refcount)
     ASSERT_STR_EQ(c->upstreams[0].name, "u");
     conf_unref(c); /* frees: ASan and valgrind check nothing leaks or is freed twice */
     conf_unref(NULL);
+}
+
+TEST(resilience_every_value)
+{
+    struct conf *c = load_ok("upstream u {\n"
+                             "    server 127.0.0.1:81; server 127.0.0.1:82 backup;\n"
+                             "    balance least_conn; max_fails 3; fail_timeout 30s;\n"
+                             "    retry 2 on=connect,timeout,reset,502,503,5xx backoff=50ms..1s;\n"
+                             "    retry_body_max 1m;\n"
+                             "    retry_budget 10% min=5/s;\n"
+                             "    breaker failures=4 ratio=40% window=20s min=10 open=5s max_open=1m half_open=2 "
+                             "on=503,429;\n"
+                             "    health_check /healthz interval=1s timeout=500ms rise=1 fall=2;\n"
+                             "}\n"
+                             "upstream f { server 127.0.0.1:83; }\n"
+                             "server { listen 127.0.0.1:8080;\n"
+                             "  route / { upstream u; deadline 3s; fallback f; retry_non_idempotent on; } }\n");
+    const struct conf_upstream *u = &c->upstreams[0];
+    ASSERT_EQ(u->balance, CONF_BALANCE_LEAST_CONN);
+    ASSERT_EQ(u->max_fails, 3);
+    ASSERT_EQ(u->fail_timeout_ms, 30000);
+    ASSERT_EQ(u->retry.tries, 2);
+    ASSERT_EQ(u->retry.on, CONF_RETRY_CONNECT | CONF_RETRY_TIMEOUT | CONF_RETRY_RESET);
+    ASSERT(CONF_STATUS_HAS(&u->retry.on_status, 502));
+    ASSERT(CONF_STATUS_HAS(&u->retry.on_status, 599));
+    ASSERT(!CONF_STATUS_HAS(&u->retry.on_status, 429));
+    ASSERT_EQ(u->retry.backoff_base_ms, 50);
+    ASSERT_EQ(u->retry.backoff_cap_ms, 1000);
+    ASSERT_EQ(u->retry.body_max, 1048576);
+    ASSERT_EQ(u->retry.budget_pct, 10);
+    ASSERT_EQ(u->retry.budget_min_per_s, 5);
+    ASSERT(u->breaker.enabled);
+    ASSERT_EQ(u->breaker.failures, 4);
+    ASSERT_EQ(u->breaker.ratio_pct, 40);
+    ASSERT_EQ(u->breaker.window_ms, 20000);
+    ASSERT_EQ(u->breaker.min_requests, 10);
+    ASSERT_EQ(u->breaker.open_ms, 5000);
+    ASSERT_EQ(u->breaker.max_open_ms, 60000);
+    ASSERT_EQ(u->breaker.half_open, 2);
+    ASSERT(CONF_STATUS_HAS(&u->breaker.on, 503));
+    ASSERT(CONF_STATUS_HAS(&u->breaker.on, 429));
+    ASSERT(!CONF_STATUS_HAS(&u->breaker.on, 500));
+    ASSERT_STR_EQ(u->health.path, "/healthz");
+    ASSERT_EQ(u->health.interval_ms, 1000);
+    ASSERT_EQ(u->health.timeout_ms, 500);
+    ASSERT_EQ(u->health.rise, 1);
+    ASSERT_EQ(u->health.fall, 2);
+    const struct conf_route *r = &c->servers[0].routes[0];
+    ASSERT_EQ(r->deadline_ms, 3000);
+    ASSERT(r->fallback == &c->upstreams[1]);
+    ASSERT(r->retry_non_idempotent);
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(breaker_defaults_when_named)
+{
+    struct conf *c = load_ok("upstream u { server 127.0.0.1:81; breaker on; }\n"
+                             "server { listen 127.0.0.1:8080; route / { upstream u; } }\n");
+    const struct conf_breaker *b = &c->upstreams[0].breaker;
+    ASSERT(b->enabled);
+    ASSERT_EQ(b->failures, 5);
+    ASSERT_EQ(b->ratio_pct, 50);
+    ASSERT_EQ(b->half_open, 3);
+    ASSERT(CONF_STATUS_HAS(&b->on, 429) && CONF_STATUS_HAS(&b->on, 500) && CONF_STATUS_HAS(&b->on, 504));
+    ASSERT(!CONF_STATUS_HAS(&b->on, 501));
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(resilience_errors)
+{
+    static const struct error_case cases[] = {
+        {BASE "upstream v { server 1.2.3.4:80; retry 11; }\n", "t.conf:3: retry: 11 is out of range (0..10)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry 1 on=connect,bogus; }\n",
+         "t.conf:3: retry: invalid on= item \"bogus\" (expected connect, timeout, reset or a 4xx or 5xx status)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry 1 on=200; }\n",
+         "t.conf:3: retry: invalid on= item \"200\" (expected connect, timeout, reset or a 4xx or 5xx status)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry 1 backoff=2s..1s; }\n",
+         "t.conf:3: retry: backoff base 2s is above its cap 1s\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry 1 backoff=2s; }\n",
+         "t.conf:3: retry: invalid backoff \"2s\" (expected BASE..CAP, e.g. 100ms..2s)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry 1 tries=3; }\n",
+         "t.conf:3: retry: unknown parameter \"tries=3\" (on=, backoff=)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry_budget 20; }\n",
+         "t.conf:3: retry_budget: invalid percentage \"20\" (expected N%)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry_budget 120%; }\n",
+         "t.conf:3: retry_budget: 120 is out of range (0..100)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; retry_budget 20% min=5; }\n",
+         "t.conf:3: retry_budget: invalid parameter \"min=5\" (expected min=N/s)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; breaker failures=x; }\n",
+         "t.conf:3: breaker failures: invalid number \"x\": expected a number\n"},
+        {BASE "upstream v { server 1.2.3.4:80; breaker open=1m max_open=10s; }\n",
+         "t.conf:3: breaker: max_open is shorter than open\n"},
+        {BASE "upstream v { server 1.2.3.4:80; breaker failures=0 ratio=0%; }\n",
+         "t.conf:3: breaker: failures=0 and ratio=0% would never open it (say `breaker off`)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; breaker on=connect; }\n",
+         "t.conf:3: breaker: invalid on= item \"connect\" (expected a 4xx or 5xx status)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; breaker speed=1; }\n",
+         "t.conf:3: breaker: unknown parameter \"speed=1\" (failures=, ratio=, window=, min=, open=, max_open=, "
+         "half_open=, on=, or a lone on/off)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; health_check health; }\n",
+         "t.conf:3: health_check: invalid path \"health\" (must start with \"/\", no spaces)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; health_check /h rise=0; }\n",
+         "t.conf:3: health_check rise: 0 is out of range (1..100)\n"},
+        {BASE "upstream v { server 1.2.3.4:80; health_check /h every=1s; }\n",
+         "t.conf:3: health_check: unknown parameter \"every=1s\" (interval=, timeout=, rise=, fall=)\n"},
+        {BASE "server { listen 9000; route / { upstream u; fallback nope; } }\n",
+         "t.conf:3: unknown upstream \"nope\"\n"},
+        {BASE "server { listen 9000; route / { upstream u; deadline 5; } }\n",
+         "t.conf:3: deadline: invalid duration \"5\": a unit is required: ms, s, m, h or d\n"},
+    };
+    CHECK_ERROR_CASES(cases);
 }
 
 TEST_MAIN()
