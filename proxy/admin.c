@@ -10,6 +10,7 @@
 
 #include "cache/cache.h"
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/strbuf.h"
 #include "proxy/proxy.h"
 
@@ -122,6 +123,91 @@ static int handle_purge(const char *query, struct strbuf *body)
     return 200;
 }
 
+/* Balancing, health and breaker state of the servers of the running conf. */
+static void render_upstreams(struct worker *w, struct strbuf *sb)
+{
+    static const char *const balances[] = {"round_robin", "least_conn", "p2c"};
+    const struct proxy_gen *gen = w->gen;
+    uint64_t now = uv_now(&w->loop);
+    strbuf_puts(sb, "{");
+    for (size_t i = 0; i < gen->conf->nupstreams; i++) {
+        struct upstream_group *g = &gen->groups[i];
+        const struct conf_breaker *cb = &g->conf->breaker;
+        uint64_t first_tries, retries;
+        retry_budget_counts(&g->budget, now, &first_tries, &retries);
+        strbuf_puts(sb, i ? "," : "");
+        strbuf_json_string(sb, g->conf->name);
+        strbuf_printf(sb,
+                      ":{\"balance\":\"%s\",\"breaker\":%s,\"retry_budget\":{\"window_s\":%d,\"requests\":%llu,"
+                      "\"retries\":%llu},\"servers\":{",
+                      balances[g->conf->balance], cb->enabled ? "true" : "false", RETRY_BUDGET_BUCKETS,
+                      (unsigned long long)first_tries, (unsigned long long)retries);
+        for (size_t j = 0; j < g->ntargets; j++) {
+            struct upstream_server *srv = g->targets[j].srv;
+            struct breaker_counts bc;
+            breaker_counts(&srv->breaker, &bc);
+            unsigned wreq = 0, wfail = 0;
+            if (cb->enabled)
+                breaker_window(&srv->breaker, cb, now, &wreq, &wfail);
+            enum breaker_force forced = breaker_forced(&srv->breaker);
+            strbuf_puts(sb, j ? "," : "");
+            strbuf_json_string(sb, g->targets[j].conf->name);
+            strbuf_printf(
+                sb,
+                ":{\"key\":\"%s/%s\",\"backup\":%s,\"weight\":%u,\"health\":\"%s\",\"passive_down\":%s,"
+                "\"inflight\":%u,\"ewma_ms\":%.3f,\"breaker\":{\"state\":\"%s\",\"forced\":\"%s\",\"retry_in_ms\":%llu,"
+                "\"window\":{\"requests\":%u,\"failures\":%u},\"opened\":%llu,\"half_opened\":%llu,\"closed\":%llu,"
+                "\"quota\":%llu,\"rejected\":%llu}}",
+                g->conf->name, g->targets[j].conf->name, g->targets[j].conf->backup ? "true" : "false",
+                g->targets[j].conf->weight, atomic_load(&srv->health_down) ? "down" : "up",
+                atomic_load(&srv->down_until_ms) > now ? "true" : "false", atomic_load(&srv->inflight),
+                (double)atomic_load(&srv->ewma_us) / 1000.0,
+                breaker_state_name(cb->enabled || forced != BREAKER_AUTO ? breaker_state(&srv->breaker, now)
+                                                                          : BREAKER_CLOSED),
+                forced == BREAKER_FORCE_OPEN ? "open" : forced == BREAKER_FORCE_CLOSED ? "closed" : "auto",
+                (unsigned long long)breaker_wait_ms(&srv->breaker, now), wreq, wfail,
+                (unsigned long long)bc.opened, (unsigned long long)bc.half_opened, (unsigned long long)bc.closed,
+                (unsigned long long)bc.quota, (unsigned long long)bc.rejected);
+        }
+        strbuf_puts(sb, "}}");
+    }
+    strbuf_puts(sb, "}");
+}
+
+/* ---- POST /breaker?server=GROUP/HOST:PORT&state=open|closed|auto ---- */
+
+static int handle_breaker(struct worker *w, const char *query, struct strbuf *body)
+{
+    static const char *const states[] = {"auto", "open", "closed"};
+    char key[512], state[16];
+    int force = -1;
+    if (query_param(query, "state", state, sizeof(state)))
+        for (int i = 0; i < 3; i++)
+            if (strcmp(state, states[i]) == 0)
+                force = i;
+    if (!query_param(query, "server", key, sizeof(key)) || force < 0) {
+        strbuf_puts(body, "{\"error\":\"give server=UPSTREAM/HOST:PORT and state=open, closed or auto\"}\n");
+        return 400;
+    }
+    const struct proxy_gen *gen = w->gen;
+    for (size_t i = 0; i < gen->conf->nupstreams; i++) {
+        struct upstream_group *g = &gen->groups[i];
+        for (size_t j = 0; j < g->ntargets; j++) {
+            struct upstream_server *srv = g->targets[j].srv;
+            if (strcmp(srv->key, key) != 0)
+                continue;
+            struct breaker_transition tr = {0};
+            breaker_force(&srv->breaker, (enum breaker_force)force, uv_now(&w->loop), &tr);
+            log_warn("admin", "breaker of %s forced %s", srv->key, states[force]);
+            strbuf_printf(body, "{\"server\":\"%s\",\"forced\":\"%s\",\"state\":\"%s\"}\n", srv->key, states[force],
+                          breaker_state_name(breaker_state(&srv->breaker, uv_now(&w->loop))));
+            return 200;
+        }
+    }
+    strbuf_puts(body, "{\"error\":\"no such server (see /stats upstreams: UPSTREAM/HOST:PORT)\"}\n");
+    return 404;
+}
+
 static void render_stats(struct worker *w, struct strbuf *sb)
 {
     uint64_t uptime_ms = uv_hrtime() / 1000000 - proxy_info.started_ms;
@@ -139,6 +225,8 @@ static void render_stats(struct worker *w, struct strbuf *sb)
     stats_render_json_kind(sb, "route");
     strbuf_puts(sb, ",\"servers\":");
     stats_render_json_kind(sb, "server");
+    strbuf_puts(sb, ",\"upstreams\":");
+    render_upstreams(w, sb);
     strbuf_puts(sb, ",\"caches\":{");
     bool first = true;
     struct cache_render r = {sb, &first};
@@ -195,7 +283,12 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
             goto not_allowed;
         return handle_purge(path[plen] == '?' ? path + plen + 1 : "", body);
     }
-    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/stats\",\"/cache/purge\"]}\n");
+    if (plen == 8 && strncmp(path, "/breaker", 8) == 0) {
+        if (strcmp(method, "POST") != 0)
+            goto not_allowed;
+        return handle_breaker(w, path[plen] == '?' ? path + plen + 1 : "", body);
+    }
+    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/stats\",\"/cache/purge\",\"/breaker\"]}\n");
     return 404;
 not_allowed:
     strbuf_puts(body, "{\"error\":\"method not allowed\"}\n");

@@ -21,6 +21,7 @@
 #include "cache/cache.h"
 #include "common/log.h"
 #include "proxy/proxy.h"
+#include "upstream/health.h"
 
 struct proxy_info proxy_info;
 
@@ -42,6 +43,7 @@ static struct {
     uv_timer_t drain_timer;
     bool started, draining, reloading;
     int exit_code;
+    struct health_checks *health;
 } M;
 
 struct proxy_gen *proxy_gen_ref(struct proxy_gen *g)
@@ -209,9 +211,12 @@ static int publish(struct proxy_gen *g)
     free_addrs(M.addrs, M.naddrs);
     M.addrs = set;
     M.naddrs = nset;
+    /* the checks read the groups of the generation they were started on */
+    health_stop(M.health);
     if (M.gen != NULL)
         proxy_gen_unref(M.gen);
     M.gen = g;
+    M.health = health_start(&M.loop, g->groups, g->conf->nupstreams);
     atomic_fetch_add(&proxy_info.generation, 1);
     return 0;
 }
@@ -355,6 +360,8 @@ static void begin_shutdown(bool force)
     if (!M.draining)
         log_info("main", "shutting down: draining connections");
     M.draining = true;
+    health_stop(M.health);
+    M.health = NULL;
     if (M.nworkers == 0) {
         uv_stop(&M.loop);
         return;

@@ -64,10 +64,11 @@
 #define TASK_PROCESS_MS   6000
 
 static const char usage_text[] =
-    "usage: sluice-origin [-p PORT] [-a ADDR] [-k IDLE_MS] [-w]\n"
+    "usage: sluice-origin [-p PORT] [-a ADDR] [-k IDLE_MS] [-d DELAY_MS] [-w]\n"
     "  -p PORT     listen port (default 8081)\n"
     "  -a ADDR     listen address (default 127.0.0.1)\n"
     "  -k IDLE_MS  close idle keep-alive connections after IDLE_MS (default 120000)\n"
+    "  -d DELAY_MS wait that long before every response head (a slow server)\n"
     "  -w          print \"ready\" on stdout once listening\n"
     "endpoints:\n"
     "  /hello                 a small cacheable text (Cache-Control: public, max-age=60)\n"
@@ -89,6 +90,7 @@ static const char usage_text[] =
     "  hang=1                 never answer\n"
     "  status=CODE            answer with that status (200..599)\n"
     "  fail=N&key=K           the first N requests with key K get 503\n"
+    "  failp=P                a random P% of requests get 503\n"
     "  reset=1                close with a TCP RST\n"
     "  interim=1              send 103 Early Hints before the response\n"
     "  header=Name:Value      add a response header (repeatable)\n"
@@ -264,6 +266,7 @@ struct params {
     int status; /* 0 = the endpoint's own */
     bool has_fail;
     uint64_t fail;
+    uint64_t fail_pct;
     const char *key;
     const char *cc;
     const char *headers[MAX_EXTRA_HEADERS]; /* "Name:Value" */
@@ -349,6 +352,7 @@ static struct {
     uv_signal_t sigint;
     llhttp_settings_t settings;
     uint64_t idle_ms;
+    uint64_t delay_ms; /* -d: before every response */
     uint64_t requests;
     uint64_t accepted;
     uint64_t serial;
@@ -840,6 +844,9 @@ static const char *params_parse(struct params *p, const char *query, size_t qlen
             if (!parse_u64(v, UINT32_MAX, &p->fail))
                 return "bad fail";
             p->has_fail = true;
+        } else if (strcmp(kv, "failp") == 0) {
+            if (!parse_u64(v, 100, &p->fail_pct))
+                return "bad failp";
         } else if (strcmp(kv, "key") == 0) {
             if (strlen(v) > KEY_MAX)
                 return "key too long";
@@ -1208,6 +1215,10 @@ static void respond(struct conn *c)
             return;
         }
     }
+    if (j->p.fail_pct > 0 && (uint64_t)(random() % 100) < j->p.fail_pct) {
+        send_text(c, 503, "injected random failure\n");
+        return;
+    }
     switch (j->ep) {
     case EP_STREAM:
         stream_start(c);
@@ -1260,7 +1271,7 @@ static void dispatch(struct conn *c, bool upgrade)
     }
     if (j->ep == EP_SLOW && !j->p.has_ms)
         j->p.ms = DEFAULT_SLOW_MS;
-    uint64_t delay = j->p.delay_ms + (j->ep == EP_SLOW ? j->p.ms : 0);
+    uint64_t delay = g.delay_ms + j->p.delay_ms + (j->ep == EP_SLOW ? j->p.ms : 0);
     if (delay) {
         c->phase = PH_DELAY;
         uv_timer_start(&c->timer, timer_cb, delay, 0);
@@ -1652,7 +1663,7 @@ int main(int argc, char **argv)
     bool say_ready = false;
     g.idle_ms = DEFAULT_IDLE_MS;
     int opt;
-    while ((opt = getopt(argc, argv, "p:a:k:wh")) != -1) {
+    while ((opt = getopt(argc, argv, "p:a:k:d:wh")) != -1) {
         switch (opt) {
         case 'p':
             if (!parse_u64(optarg, 65535, &port)) {
@@ -1666,6 +1677,12 @@ int main(int argc, char **argv)
         case 'k':
             if (!parse_u64(optarg, MAX_DELAY_MS, &g.idle_ms) || g.idle_ms == 0) {
                 fprintf(stderr, "sluice-origin: bad idle timeout %s\n", optarg);
+                return 2;
+            }
+            break;
+        case 'd':
+            if (!parse_u64(optarg, MAX_DELAY_MS, &g.delay_ms)) {
+                fprintf(stderr, "sluice-origin: bad delay %s\n", optarg);
                 return 2;
             }
             break;
