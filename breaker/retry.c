@@ -28,9 +28,10 @@ static unsigned bucket_of(struct retry_budget *b, uint64_t now_ms)
     uint64_t second = now_ms / 1000 + 1;
     unsigned i = (unsigned)(second % RETRY_BUDGET_BUCKETS);
     if (b->_buckets[i].second != second) {
-        b->_buckets[i].second = second;
+        /* counts first: a lock-free adder that sees the new second adds to zeroed counts */
         b->_buckets[i].requests = 0;
         b->_buckets[i].retries = 0;
+        b->_buckets[i].second = second;
     }
     return i;
 }
@@ -51,9 +52,16 @@ static void sum(const struct retry_budget *b, uint64_t now_ms, uint64_t *request
 
 void retry_budget_request(struct retry_budget *b, uint64_t now_ms)
 {
-    pthread_mutex_lock(&b->_lock);
-    b->_buckets[bucket_of(b, now_ms)].requests++;
-    pthread_mutex_unlock(&b->_lock);
+    uint64_t second = now_ms / 1000 + 1;
+    unsigned i = (unsigned)(second % RETRY_BUDGET_BUCKETS);
+    if (atomic_load_explicit(&b->_buckets[i].second, memory_order_acquire) != second) {
+        pthread_mutex_lock(&b->_lock);
+        bucket_of(b, now_ms);
+        pthread_mutex_unlock(&b->_lock);
+    }
+    /* an add racing a turnover by a thread whose clock is a second behind may
+     * be lost: a budget is a rate, not a ledger */
+    atomic_fetch_add_explicit(&b->_buckets[i].requests, 1, memory_order_relaxed);
 }
 
 bool retry_budget_take(struct retry_budget *b, unsigned pct, unsigned min_per_s, uint64_t now_ms)

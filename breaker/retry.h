@@ -9,8 +9,10 @@
  * under max(min_per_s * window, pct% of the first tries), so retries can never
  * multiply the load on a failing upstream by more than 1 + pct%.
  *
- * Threading: a budget is shared by every worker (a mutex held for a few
- * additions); retry_random keeps its state per thread; the rest is pure.
+ * Threading: a budget is shared by every worker.  Counting a first try, on
+ * every request, is one atomic add (the mutex only when a bucket turns over,
+ * once a second); deciding a retry takes the mutex.  retry_random keeps its
+ * state per thread; the rest is pure.
  */
 #ifndef SLUICE_RETRY_H
 #define SLUICE_RETRY_H
@@ -26,8 +28,8 @@
 struct retry_budget {
     pthread_mutex_t _lock;
     struct {
-        uint64_t second; /* now_ms / 1000 + 1 when last reset; 0 = never used */
-        uint32_t requests, retries;
+        _Atomic uint64_t second; /* now_ms / 1000 + 1 when last reset; 0 = never used */
+        _Atomic uint32_t requests, retries;
     } _buckets[RETRY_BUDGET_BUCKETS];
 };
 
