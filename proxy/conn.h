@@ -27,9 +27,10 @@ enum conn_state {
     CS_LOCAL,   /* a response made here is being written */
     CS_TUNNEL,  /* after a 101: raw bytes both ways */
     CS_LINGER,  /* closing: write side shut, draining what the client still sends */
+    CS_QUEUED,  /* waiting for a max_inflight slot (limited.c): read only to notice the client leaving */
 };
 
-enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL };
+enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL, TK_QUEUE };
 
 struct conn {
     uv_tcp_t tcp;
@@ -122,6 +123,18 @@ struct conn {
     int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
     char *held;  /* a request body kept for its hash and for replay upstream */
     size_t held_len, held_cap;
+
+    /* admission control (limited.c, issue 5) */
+    struct limit_waiter lwait;    /* in the queue of rt->inflight[lstage] while is_lqueued */
+    struct list lwake_link;       /* in the worker's limit_woken list (under its lock) */
+    bool is_lwake_queued;
+    bool is_lqueued;
+    unsigned lstage;              /* in-flight slots held: rt->inflight[0 .. lstage) */
+    struct limit_key lkeys[LIMIT_ROUTE_MAX];
+    struct limit_result lbest;    /* the most restrictive result that shows headers */
+    bool has_lbest;
+    char extra_lines[320];        /* RateLimit-* / Retry-After lines for this response */
+    size_t extra_len;
 };
 
 #define CACHE_KEY_MAX 16384
@@ -169,6 +182,24 @@ void cached_body_complete(struct conn *c);
 bool cached_hold(struct conn *c, const char *p, size_t len);
 /* Runs the joiners woken by fills (worker thread). */
 void cached_run_woken(struct worker *w);
+
+/* http.c, for limited.c */
+/* The rest of dispatch once the request is admitted: cache, then upstream. */
+void req_proceed(struct conn *c);
+void req_timer_set(struct conn *c, enum timer_kind kind, uint64_t ms);
+
+/* limited.c: admission control (issue 5) */
+/* The route has limits or max_inflight: check them.  True when the request
+ * was answered (429, 503) or waits (Redis, the queue); it then goes on by
+ * req_proceed itself. */
+bool limited_begin(struct conn *c);
+/* The request is over or the connection closes: leave the queue, give back
+ * the in-flight slots. */
+void limited_done(struct conn *c);
+/* TK_QUEUE fired: the wait in the queue is over. */
+void limited_timeout(struct conn *c);
+/* Runs the queued requests that got a slot (worker thread). */
+void limited_run_woken(struct worker *w);
 
 
 #endif

@@ -84,6 +84,7 @@ static const char *reason_phrase(unsigned status)
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
@@ -161,6 +162,10 @@ static void respond_local(struct conn *c, unsigned status, const char *ctype, co
     int n = snprintf(head, sizeof(head), "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
                      reason_phrase(status), ctype, len);
     n += process_time_line(c, head + n, sizeof(head) - n);
+    if (c->extra_len > 0 && c->extra_len < sizeof(head) - (size_t)n - 64) {
+        memcpy(head + n, c->extra_lines, c->extra_len); /* admission control: RateLimit-*, Retry-After */
+        n += (int)c->extra_len;
+    }
     n += snprintf(head + n, sizeof(head) - n, "%s\r\n",
                   c->want_close ? "Connection: close\r\n"
                   : (!client_is_http11(c) ? "Connection: keep-alive\r\n" : ""));
@@ -190,7 +195,8 @@ void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
         n = sizeof(body) - 2;
     body[n++] = '\n';
     respond_local(c, status, "text/plain", body, (size_t)n,
-                  status == 400 || (status >= 413 && status < 500) || status == 501 || status == 505);
+                  status == 400 || (status >= 413 && status < 500 && status != 429) || status == 501 ||
+                      status == 505);
 }
 
 /* ---- closing ---- */
@@ -230,6 +236,8 @@ static void conn_close(struct conn *c)
         return;
     c->is_closing = true;
     cached_release(c);
+    if (c->lstage > 0 || c->is_lqueued)
+        limited_done(c);
     if (c->uc != NULL)
         up_detach(c, false);
     if (c->pend != NULL) {
@@ -324,11 +332,14 @@ static void req_reset(struct conn *c)
     c->up_reused = c->retried = false;
     c->is_dispatched = false;
     c->host[0] = '\0';
+    c->extra_len = 0;
 }
 
 void req_done(struct conn *c)
 {
     cached_release(c);
+    if (c->lstage > 0 || c->is_lqueued)
+        limited_done(c);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
     struct stats_counters *rs = c->rstats;
     if (rs != NULL) {
@@ -680,7 +691,9 @@ static void resp_write_head(struct conn *c)
     extra[nextra] = '\0';
     if (c->rs_swallow || c->rs_revalidated)
         return; /* a stored response answers once this one is over */
-    process_time_line(c, extra + nextra, sizeof(extra) - nextra);
+    nextra += (size_t)process_time_line(c, extra + nextra, sizeof(extra) - nextra);
+    if (c->extra_len > 0 && nextra + c->extra_len < sizeof(extra))
+        memcpy(extra + nextra, c->extra_lines, c->extra_len + 1); /* RateLimit-* (limited.c) */
     const char *ptime = extra;
     struct reply_head rh = {
         .status = status,
@@ -1237,6 +1250,13 @@ static void req_dispatch(struct conn *c)
     c->rq_expect = head_expects_continue(&c->rq);
     if (c->rq_has_body)
         timer_set(c, TK_BODY, c->srv->client_body_timeout_ms);
+    if (c->rt->has_admission && limited_begin(c))
+        return;
+    req_proceed(c);
+}
+
+void req_proceed(struct conn *c)
+{
     if (c->route->cache != NULL && cached_begin(c))
         return;
     if (c->rc != NULL && c->rqf.cc.only_if_cached) {
@@ -1357,8 +1377,10 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             conn_close(c);
             return;
         }
-        /* the client left before its request was complete: nothing to answer */
-        if (!c->rq_body_done || c->state == CS_HEAD) {
+        /* the client left before its request was complete: nothing to answer;
+         * a queued one leaves its max_inflight queue (a half-close there is
+         * taken for leaving: the place is worth more to the next client) */
+        if (!c->rq_body_done || c->state == CS_HEAD || c->state == CS_QUEUED) {
             conn_abort(c, STATS_ERR_CLIENT_CLOSED);
             return;
         }
@@ -1428,9 +1450,17 @@ static void on_conn_timer(uv_timer_t *t)
             respond_error(c, 408, "request body stalled longer than client_body_timeout");
         }
         break;
+    case TK_QUEUE:
+        limited_timeout(c);
+        break;
     case TK_NONE:
         break;
     }
+}
+
+void req_timer_set(struct conn *c, enum timer_kind kind, uint64_t ms)
+{
+    timer_set(c, kind, ms);
 }
 
 void conn_accept(struct listener *l)

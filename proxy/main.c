@@ -93,6 +93,23 @@ static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *gr
                 if (rt->store == NULL)
                     abort(); /* a few control structures: only failing malloc gets here */
             }
+            /* admission control (issue 5): process-wide state found by name */
+            for (size_t k = 0; k < r->nlimits; k++) {
+                rt->limit_confs[k] = r->limits[k];
+                if ((rt->limits[k] = limit_get(r->limits[k])) == NULL)
+                    abort();
+            }
+            rt->nlimits = r->nlimits;
+            char lname[600];
+            if (r->max_inflight.max > 0) {
+                snprintf(lname, sizeof(lname), "route %s", rt->name);
+                rt->inflight[rt->ninflight++] = limit_inflight_get(lname, &r->max_inflight);
+            }
+            if (r->upstream->max_inflight.max > 0) {
+                snprintf(lname, sizeof(lname), "upstream %s", r->upstream->name);
+                rt->inflight[rt->ninflight++] = limit_inflight_get(lname, &r->upstream->max_inflight);
+            }
+            rt->has_admission = rt->nlimits > 0 || rt->ninflight > 0;
             r->runtime = rt;
         }
     }
@@ -457,6 +474,7 @@ int main(int argc, char **argv)
     uv_run(&M.loop, UV_RUN_DEFAULT);
     uv_loop_close(&M.loop);
     cache_shutdown_all();
+    limit_shutdown_all();
     if (M.exit_code == 0)
         log_info("main", "stopped");
     return M.exit_code;
