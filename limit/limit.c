@@ -187,15 +187,21 @@ const char *limit_name(const struct limit *l)
     return l->name;
 }
 
-uint64_t limit_interval_us(const struct limit *l)
+/* The parameters change under every shard lock (limit_get), so one is enough to read them. */
+uint64_t limit_interval_us(struct limit *l)
 {
+    pthread_mutex_lock(&l->shards[0].lock);
     uint64_t us = l->period_ms * 1000 / l->rate;
+    pthread_mutex_unlock(&l->shards[0].lock);
     return us ? us : 1;
 }
 
-uint64_t limit_capacity(const struct limit *l)
+uint64_t limit_capacity(struct limit *l)
 {
-    return l->cap;
+    pthread_mutex_lock(&l->shards[0].lock);
+    uint64_t cap = l->cap;
+    pthread_mutex_unlock(&l->shards[0].lock);
+    return cap;
 }
 
 void limit_key_make(const struct limit *l, const char *const *parts, const size_t *lens, size_t n,

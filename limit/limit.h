@@ -80,9 +80,9 @@ bool limit_gcra(uint64_t *tat, uint64_t now, uint64_t t, uint64_t cap, struct li
  * inserts.  NULL only on ENOMEM.  Never freed before limit_shutdown_all. */
 struct limit *limit_get(const struct conf_limit *cl);
 const char *limit_name(const struct limit *l);
-/* The Redis key prefix and emission interval (µs) the global script uses. */
-uint64_t limit_interval_us(const struct limit *l);
-uint64_t limit_capacity(const struct limit *l);
+/* The emission interval (µs) and capacity the global script uses. */
+uint64_t limit_interval_us(struct limit *l);
+uint64_t limit_capacity(struct limit *l);
 
 /* The key of a request: parts[i] is lens[i] bytes. */
 void limit_key_make(const struct limit *l, const char *const *parts, const size_t *lens, size_t n,

@@ -202,6 +202,20 @@ def memory_stays_bounded_under_a_flood_of_distinct_keys():
     check(st["evictions"] >= n - 100, "live keys were evicted to stay in bounds: %s" % st)
 
 
+@test
+def a_reload_keeps_the_state_while_the_rate_stays():
+    make = lambda rate, extra="": (lambda e: limit_conf(e, [("per_ip", "rate %s;" % rate)], "limit per_ip;" + extra))
+    env = Env(make("2/h"))
+    eq([env.get("/hello").status for _ in range(3)], [200, 200, 429], "before the reload")
+    gen = env.sluice.stats()["conf_generation"]
+    env.sluice.reload(make("2/h", "\nset_response_header X-Gen 2;")(env))
+    wait_until(lambda: env.sluice.stats()["conf_generation"] > gen, 10 * SLOW, what="reload applied")
+    eq(env.get("/hello").status, 429, "same limit after the reload: still refused")
+    env.sluice.reload(make("5/h")(env))
+    wait_until(lambda: env.sluice.stats()["conf_generation"] > gen + 1, 10 * SLOW, what="second reload applied")
+    eq(env.get("/hello").status, 200, "another rate starts afresh")
+
+
 # ---------------------------------------------------------------- global limits
 
 def global_conf(env, redis_port, port, admin_port, rate="10/h", on_error="local", workers=2):
