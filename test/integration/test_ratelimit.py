@@ -218,9 +218,9 @@ def a_reload_keeps_the_state_while_the_rate_stays():
 
 # ---------------------------------------------------------------- global limits
 
-def global_conf(env, redis_port, port, admin_port, rate="10/h", on_error="local", workers=2):
+def global_conf(env, redis_port, port, admin_port, rate="10/h", on_error="local", workers=2, timeout="100ms"):
     return ("workers %d;\nerror_log stderr info;\n" % workers
-            + "redis redis://127.0.0.1:%d { timeout 100ms; }\n" % redis_port
+            + "redis redis://127.0.0.1:%d { timeout %s; }\n" % (redis_port, timeout)
             + conf_block("admin", "listen 127.0.0.1:%d;" % admin_port)
             + conf_block("limit shared", "key header:Authorization;\nrate %s;\nscope global;\non_redis_error %s;"
                          % (rate, on_error))
@@ -299,40 +299,39 @@ def redis_stopped_on_redis_error_deny():
                interval=0.2, what="allowed again once Redis is back")
 
 
-@test(timeout=90)
+@test(timeout=120)
 def global_check_latency_cost():
-    """p99 of a request on a keep-alive connection, with and without one global limit (printed)."""
+    """Latency of a request on a keep-alive connection through one worker, with one global limit and
+    without, measured in alternating batches so both see the same machine load; prints p50 and p99."""
     redis = Redis()
-    n = int(3000 / SLOW)
-
-    def measure(port):
-        lat = []
-        with Client(port) as c:
-            for i in range(200):
-                c.get("/hello")
-            for i in range(n):
-                t = time.perf_counter()
-                r = c.get("/hello", headers=[("Authorization", "bench")])
-                lat.append(time.perf_counter() - t)
-                check(r.status == 200, "bench request allowed")
-        lat.sort()
-        return lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
-
-    on = Env(lambda e: global_conf(e, redis.port, e.port, e.admin_port, rate="1000000/s", workers=1))
-    off_port = free_port()
-    off_admin = free_port()
+    on = Env(lambda e: global_conf(e, redis.port, e.port, e.admin_port, rate="1000000/s", workers=1,
+                                timeout="2s"))
+    off_port, off_admin = free_port(), free_port()
     Sluice(basic_conf(on, listen_port=off_port).replace("listen 127.0.0.1:%d;" % on.admin_port,
                                                         "listen 127.0.0.1:%d;" % off_admin),
            ports=[off_port], admin_port=off_admin)
-    results = {}
-    for rnd in range(2):
-        for name, port in (("off", off_port), ("global", on.port)):
-            p50, p99 = measure(port)
-            results.setdefault(name, []).append((p50, p99))
-    best = {k: min(v, key=lambda x: x[1]) for k, v in results.items()}
-    print("    global check: p50 %.3f ms / p99 %.3f ms with, %.3f / %.3f ms without: +%.3f ms at p99"
-          % (best["global"][0], best["global"][1], best["off"][0], best["off"][1], best["global"][1] - best["off"][1]))
-    check(best["global"][1] - best["off"][1] < 3.0 * SLOW, "a global check costs little: %s" % best)
+    samples = {"off": [], "global": []}
+    auth = [("Authorization", "bench")]
+    with Client(off_port) as off, Client(on.port) as glob:
+        for c in (off, glob):
+            for _ in range(100):
+                c.get("/hello", headers=auth)
+        for _ in range(int(20 / SLOW) or 1):
+            for name, c in (("off", off), ("global", glob)):
+                for _ in range(100):
+                    t = time.perf_counter()
+                    r = c.get("/hello", headers=auth)
+                    samples[name].append(time.perf_counter() - t)
+                    check(r.status == 200, "bench request allowed")
+    q = {}
+    for name, v in samples.items():
+        v.sort()
+        q[name] = (v[len(v) // 2] * 1000, v[int(len(v) * 0.99)] * 1000)
+    print("    global check (%d requests each): p50 %.3f ms, p99 %.3f ms with; p50 %.3f ms, p99 %.3f ms without"
+          % (len(samples["off"]), q["global"][0], q["global"][1], q["off"][0], q["off"][1]))
+    eq(on.sluice.stats()["limits"]["shared"]["redis_errors"], 0, "Redis answered every check")
+    # a loose bound: the figure that matters is printed; machine load makes p99 noisy
+    check(q["global"][0] - q["off"][0] < 2.0 * SLOW, "a global check costs little at p50: %s" % q)
 
 
 # ---------------------------------------------------------------- max_inflight
@@ -346,26 +345,45 @@ def slow_send(port, target, results, key, t0):
         results[key] = (None, time.monotonic() - t0, e)
 
 
+def send_in_order(port, targets, gap):
+    """Sends each request from this thread, gap seconds apart (so sluice sees them in this order), and reads
+    the answers in threads: {index: (status, seconds since the first send, response)}."""
+    results, threads = {}, []
+    t0 = time.monotonic()
+
+    def read(i, c):
+        try:
+            r = c.read_response()
+            results[i] = (r.status, time.monotonic() - t0, r)
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            results[i] = (None, time.monotonic() - t0, e)
+        finally:
+            c.close()
+
+    for i, target in enumerate(targets):
+        c = Client(port, timeout=30)
+        c.send(build_request("GET", target))
+        t = threading.Thread(target=read, args=(i, c))
+        t.start()
+        threads.append(t)
+        time.sleep(gap)
+    for t in threads:
+        t.join()
+    return results
+
+
 @test
 def queue_overflow_gets_503_at_once_and_the_queue_is_fifo():
     env = Env(lambda e: basic_conf(e, route="max_inflight 2 queue=2 queue_timeout=10s;"))
-    results = {}
-    t0 = time.monotonic()
-    threads = []
-    for i in range(5):
-        t = threading.Thread(target=slow_send, args=(env.port, "/slow?ms=%d&i=%d" % (int(800 * SLOW), i), results, i, t0))
-        t.start()
-        threads.append(t)
-        time.sleep(0.1 * SLOW)  # arrival order
-    for t in threads:
-        t.join()
+    ms = int(1000 * SLOW)
+    results = send_in_order(env.port, ["/slow?ms=%d&i=%d" % (ms, i) for i in range(5)], 0.1 * SLOW)
     eq([results[i][0] for i in range(5)], [200, 200, 200, 200, 503], "two run, two queue, the fifth is refused")
-    check(results[4][1] < 0.8 * SLOW, "the refusal is immediate: %.3fs" % results[4][1])
+    check(results[4][1] < 0.4 * SLOW + 0.5 * ms / 1000, "the refusal is immediate: %.3fs" % results[4][1])
     r = results[4][2]
     eq(r.header("Retry-After"), "1", "Retry-After on the 503")
     check(b"queue is full" in r.body, "the body says why: %r" % r.body)
     check(results[2][1] < results[3][1], "the first queued finishes first")
-    check(results[2][1] >= 1.5 * 0.8 * SLOW, "queued requests waited for a slot: %.3f" % results[2][1])
+    check(results[2][1] >= 1.9 * ms / 1000, "queued requests waited for a slot: %.3f" % results[2][1])
     mi = env.sluice.stats()["max_inflight"]
     route = next(v for k, v in mi.items() if k.startswith("route "))
     eq((route["inflight"], route["queued"], route["rejected"], route["admitted"]), (0, 0, 1, 4), "max_inflight stats")
@@ -391,17 +409,8 @@ def queue_timeout_answers_503():
 
 @test
 def queue_order_holds_across_workers():
-    env = Env(lambda e: basic_conf(e, route="max_inflight 1 queue=20 queue_timeout=20s;"), workers=2)
-    results = {}
-    t0 = time.monotonic()
-    threads = []
-    for i in range(8):
-        t = threading.Thread(target=slow_send, args=(env.port, "/slow?ms=%d&i=%d" % (int(150 * SLOW), i), results, i, t0))
-        t.start()
-        threads.append(t)
-        time.sleep(0.03 * SLOW)
-    for t in threads:
-        t.join()
+    env = Env(lambda e: basic_conf(e, route="max_inflight 1 queue=20 queue_timeout=30s;"), workers=2)
+    results = send_in_order(env.port, ["/slow?ms=%d&i=%d" % (int(200 * SLOW), i) for i in range(8)], 0.08 * SLOW)
     eq([results[i][0] for i in range(8)], [200] * 8, "all served")
     done = sorted(range(8), key=lambda i: results[i][1])
     eq(done, list(range(8)), "served in arrival order (connections spread over both workers)")
