@@ -416,8 +416,13 @@ struct limit_inflight {
     uint64_t admitted, rejected, timeouts;
 };
 
-struct limit_inflight *limit_inflight_get(const char *name, const struct conf_max_inflight *m)
+struct limit_inflight *limit_inflight_get(const char *kind, const char *base, const struct conf_max_inflight *m)
 {
+    size_t len = strlen(kind) + strlen(base) + 2;
+    char *name = malloc(len);
+    if (name == NULL)
+        abort();
+    snprintf(name, len, "%s %s", kind, base);
     pthread_mutex_lock(&registry_lock);
     struct limit_inflight *li = NULL;
     for (struct list *it = inflight_registry.next; it != &inflight_registry; it = it->next) {
@@ -429,9 +434,8 @@ struct limit_inflight *limit_inflight_get(const char *name, const struct conf_ma
     }
     if (li == NULL) {
         li = xcalloc(1, sizeof(*li));
-        li->name = strdup(name);
-        if (li->name == NULL)
-            abort();
+        li->name = name;
+        name = NULL;
         pthread_mutex_init(&li->lock, NULL);
         list_init(&li->queue);
         list_push(&inflight_registry, &li->link);
@@ -442,6 +446,7 @@ struct limit_inflight *limit_inflight_get(const char *name, const struct conf_ma
     li->timeout_ms = m->queue_timeout_ms;
     pthread_mutex_unlock(&li->lock);
     pthread_mutex_unlock(&registry_lock);
+    free(name);
     return li;
 }
 

@@ -134,9 +134,10 @@ struct limit_waiter {
 
 enum limit_admit { LIMIT_ADMITTED, LIMIT_QUEUED, LIMIT_FULL };
 
-/* Finds (by name) or creates the in-flight limit; the values of m apply from
- * now on.  Never freed before limit_shutdown_all. */
-struct limit_inflight *limit_inflight_get(const char *name, const struct conf_max_inflight *m);
+/* Finds (by kind and name: "route" and its stats name, or "upstream" and
+ * its name) or creates the in-flight limit, named "KIND NAME" in stats; the
+ * values of m apply from now on.  Never freed before limit_shutdown_all. */
+struct limit_inflight *limit_inflight_get(const char *kind, const char *name, const struct conf_max_inflight *m);
 /* Takes a slot (ADMITTED), queues w (QUEUED: w->wake runs once a slot is
  * handed over; the caller must then hold and later release it) or refuses
  * (FULL: the queue is full). */

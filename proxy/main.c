@@ -100,15 +100,11 @@ static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *gr
                     abort();
             }
             rt->nlimits = r->nlimits;
-            char lname[600];
-            if (r->max_inflight.max > 0) {
-                snprintf(lname, sizeof(lname), "route %s", rt->name);
-                rt->inflight[rt->ninflight++] = limit_inflight_get(lname, &r->max_inflight);
-            }
-            if (r->upstream->max_inflight.max > 0) {
-                snprintf(lname, sizeof(lname), "upstream %s", r->upstream->name);
-                rt->inflight[rt->ninflight++] = limit_inflight_get(lname, &r->upstream->max_inflight);
-            }
+            if (r->max_inflight.max > 0)
+                rt->inflight[rt->ninflight++] = limit_inflight_get("route", rt->name, &r->max_inflight);
+            if (r->upstream->max_inflight.max > 0)
+                rt->inflight[rt->ninflight++] =
+                    limit_inflight_get("upstream", r->upstream->name, &r->upstream->max_inflight);
             rt->has_admission = rt->nlimits > 0 || rt->ninflight > 0;
             r->runtime = rt;
         }

@@ -202,7 +202,7 @@ static void on_wake(struct limit_waiter *w)
 TEST(inflight_queue_is_fifo_bounded_and_cancellable)
 {
     struct conf_max_inflight m = {.max = 1, .queue = 2, .queue_timeout_ms = 100};
-    struct limit_inflight *li = limit_inflight_get("route x", &m);
+    struct limit_inflight *li = limit_inflight_get("route", "x", &m);
     struct limit_waiter w1 = {.wake = on_wake, .owner = (void *)1}, w2 = {.wake = on_wake, .owner = (void *)2},
                         w3 = {.wake = on_wake, .owner = (void *)3}, w4 = {.wake = on_wake, .owner = (void *)4};
     ASSERT_EQ(limit_inflight_acquire(li, &w1), LIMIT_ADMITTED);
