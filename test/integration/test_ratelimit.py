@@ -27,7 +27,7 @@ class Redis:
 
     def start(self):
         self.proc = Proc([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                          "no", "--dir", self.dir], name="redis")
+                          "no", "--dir", self.dir, "--enable-debug-command", "yes"], name="redis")
         wait_until(lambda: port_open(self.port), 10, what="redis-server listening")
 
     def kill(self):
@@ -297,6 +297,24 @@ def redis_stopped_on_redis_error_deny():
     check(r.status != 503 or b"cannot be checked" in r.body, "the 503 says why: %r" % r.body)
     wait_until(lambda: env.get("/hello", headers=[("Authorization", "x")]).status == 200, 15 * SLOW,
                interval=0.2, what="allowed again once Redis is back")
+
+
+@test(timeout=60)
+def slow_redis_counts_as_an_error_after_the_timeout():
+    redis = Redis()
+    env = Env(lambda e: global_conf(e, redis.port, e.port, e.admin_port, rate="5/h", on_error="allow"))
+    eq(env.get("/hello", headers=[("Authorization", "k")]).status, 200, "Redis up")
+    sleeper = threading.Thread(target=redis.command, args=("DEBUG", "SLEEP", "%.1f" % (1.5 * SLOW)))
+    sleeper.start()
+    time.sleep(0.2 * SLOW)
+    t = time.monotonic()
+    r = env.get("/hello", headers=[("Authorization", "k")])
+    took = time.monotonic() - t
+    sleeper.join()
+    eq(r.status, 200, "on_redis_error allow: passes once the 100ms timeout is over")
+    check(0.09 <= took < 1.0 * SLOW, "answered after the Redis timeout, not after Redis woke: %.3fs" % took)
+    st = env.sluice.stats()["limits"]["shared"]
+    check(st["redis_errors"] >= 1 and st["fallbacks"] >= 1, "counted: %s" % st)
 
 
 @test(timeout=120)
