@@ -24,7 +24,7 @@ CFLAGS_ALL := $(BASE_CFLAGS) $(OPT) $(WARN) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS_ALL := $(OPT) -pthread $(LDFLAGS)
 LIBS := $(PKG_LIBS) -lm
 
-MODULES := common conf stats cache breaker upstream proxy
+MODULES := common conf stats cache breaker upstream limit proxy
 LIB_SRC := $(filter-out proxy/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
 LLHTTP_SRC := $(wildcard /usr/share/llhttp/*.c)

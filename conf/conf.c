@@ -54,7 +54,8 @@ enum ctx {
     CTX_ROUTE = 1u << 4,
     CTX_CACHE = 1u << 5,      /* top-level cache NAME { }: struct conf_cache */
     CTX_ROUTE_CACHE = 1u << 6, /* a route's cache NAME { }: struct conf_route_cache */
-    CTX_REDIS = 1u << 7        /* redis URL { }: struct conf_redis */
+    CTX_REDIS = 1u << 7,       /* redis URL { }: struct conf_redis */
+    CTX_LIMIT = 1u << 8        /* limit NAME { }: struct conf_limit */
 };
 
 struct keyed;
@@ -65,6 +66,7 @@ struct build {
     struct conf *conf;
     struct keyed *upstream_index; /* conf->upstreams sorted by name, made at the first route lookup */
     struct keyed *cache_index;    /* the same for conf->caches */
+    struct keyed *limit_index;    /* the same for conf->limits */
     const struct conf_node *root; /* the whole tree, for checks across blocks */
 };
 
@@ -148,7 +150,7 @@ static const unsigned cache_methods[] = {HTTP_GET, HTTP_HEAD, HTTP_POST};
 /* Directives of later features (CONF.md): known, so they get a better error
  * than "unknown". */
 static const char *const future_directives[] = {
-    "limit", "analytics", "access_log", "max_inflight", "tls_verify", "tls_ca", NULL,
+    "analytics", "access_log", "tls_verify", "tls_ca", NULL,
 };
 
 _Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
@@ -1930,6 +1932,262 @@ static void print_route_cache(FILE *out, int indent, const struct directive *d, 
         print_nested(out, indent, d->name, r->cache->cache->name, CTX_ROUTE_CACHE, r->cache);
 }
 
+/* --- admission control (issue 5): limit blocks, trusted_proxies, max_inflight --- */
+
+static const char *const limit_scopes[] = {"local", "global", NULL};
+static const char *const limit_on_errors[] = {"local", "allow", "deny", NULL};
+
+static void limit_keys_free(struct conf_limit_key *k, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(k[i].name);
+    free(k);
+}
+
+static void parse_limit(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    check_name(b, n);
+    struct conf_limit *l = CONF_PUSH(conf->limits, conf->nlimits);
+    l->name = conf_xstrdup(n->argv[1]);
+    l->pos = n->pos;
+    apply_defaults(b, CTX_LIMIT, l);
+    apply_block(b, CTX_LIMIT, n, l);
+    if (!has_kid(n, "rate"))
+        conf_report(b->ld, &n->pos, "limit \"%s\" has no rate (rate N/s, N/m, N/h or N/d)", l->name);
+    if (l->scope == CONF_LIMIT_GLOBAL && !has_kid(b->root, "redis"))
+        conf_report(b->ld, &find_kid(n, "scope")->pos,
+                    "scope global: limit \"%s\" needs a top-level redis directive (redis redis://HOST:PORT;)",
+                    l->name);
+}
+
+static void print_limits(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    for (size_t i = 0; i < conf->nlimits; i++) {
+        fputc('\n', out);
+        print_nested(out, indent, d->name, conf->limits[i].name, CTX_LIMIT, &conf->limits[i]);
+    }
+}
+
+/* One part of a limit's key list: len bytes of s. */
+static bool limit_key_part(struct build *b, const struct conf_node *n, const char *s, size_t len,
+                           struct conf_limit *l)
+{
+    char *part = xstrndup(s, len);
+    struct conf_limit_key k = {0};
+    bool is_ok = true;
+    if (strcmp(part, "ip") == 0) {
+        k.kind = CONF_LIMIT_KEY_IP;
+    } else if (strcmp(part, "route") == 0) {
+        k.kind = CONF_LIMIT_KEY_ROUTE;
+    } else if (strncmp(part, "header:", 7) == 0 && is_token(part + 7)) {
+        k.kind = CONF_LIMIT_KEY_HEADER;
+        k.name = conf_xstrdup(part + 7);
+        for (char *p = k.name; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+    } else if (strncmp(part, "query:", 6) == 0 && part[6] != '\0' && is_visible(part + 6, "&=#")) {
+        k.kind = CONF_LIMIT_KEY_QUERY;
+        k.name = conf_xstrdup(part + 6);
+    } else {
+        conf_report(b->ld, &n->pos, "key: invalid part \"%s\" (expected ip, route, header:NAME or query:NAME)",
+                    part);
+        is_ok = false;
+    }
+    if (is_ok && l->nkeys == CONF_LIMIT_KEYS_MAX) {
+        conf_report(b->ld, &n->pos, "key: more than %d parts", CONF_LIMIT_KEYS_MAX);
+        is_ok = false;
+        free(k.name);
+    }
+    if (is_ok)
+        *CONF_PUSH(l->keys, l->nkeys) = k;
+    free(part);
+    return is_ok;
+}
+
+static void parse_limit_key(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_limit *l = obj;
+    limit_keys_free(l->keys, l->nkeys); /* the default's */
+    l->keys = NULL;
+    l->nkeys = 0;
+    for (size_t i = 1; i < n->argc; i++) {
+        for (const char *p = n->argv[i];; p++) {
+            size_t len = strcspn(p, ",");
+            bool is_trailing = *p == '\0' && p != n->argv[i] && i + 1 < n->argc;
+            if (len == 0 && !is_trailing)
+                conf_report(b->ld, &n->pos, "key: empty part in \"%s\"", n->argv[i]);
+            else if (len > 0)
+                limit_key_part(b, n, p, len, l);
+            p += len;
+            if (*p == '\0')
+                break;
+        }
+    }
+}
+
+static void print_limit_key(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    static const char *const kinds[] = {"ip", "header:", "query:", "route"};
+    const struct conf_limit *l = obj;
+    fprintf(out, "%*s%s ", indent * 4, "", d->name);
+    for (size_t i = 0; i < l->nkeys; i++) {
+        fprintf(out, "%s%s", i ? "," : "", kinds[l->keys[i].kind]);
+        if (l->keys[i].name != NULL)
+            print_word(out, l->keys[i].name);
+    }
+    fputs(";\n", out);
+}
+
+static const struct unit rate_periods[] = {{"d", MS_DAY}, {"h", MS_HOUR}, {"m", MS_MINUTE}, {"s", MS_SECOND}};
+
+/* "rate N/s | N/m | N/h | N/d" */
+static void parse_limit_rate(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_limit *l = obj;
+    const char *slash = strchr(n->argv[1], '/');
+    char num[24];
+    size_t len = slash ? (size_t)(slash - n->argv[1]) : 0;
+    uint64_t v;
+    if (slash == NULL || len == 0 || len >= sizeof(num)) {
+        conf_report(b->ld, &n->pos, "rate: invalid rate \"%s\" (expected N/s, N/m, N/h or N/d)", n->argv[1]);
+        return;
+    }
+    memcpy(num, n->argv[1], len);
+    num[len] = '\0';
+    if (!parse_bounded(b, n, "rate", num, &numbers, 1, 1000000000, &v))
+        return;
+    for (size_t i = 0; i < ARRAY_SIZE(rate_periods); i++) {
+        if (strcmp(slash + 1, rate_periods[i].suffix) == 0) {
+            l->rate = v;
+            l->period_ms = rate_periods[i].factor;
+            return;
+        }
+    }
+    conf_report(b->ld, &n->pos, "rate: invalid period \"%s\" (expected s, m, h or d)", slash + 1);
+}
+
+static void print_limit_rate(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_limit *l = obj;
+    const char *unit = "s";
+    for (size_t i = 0; i < ARRAY_SIZE(rate_periods); i++)
+        if (rate_periods[i].factor == l->period_ms)
+            unit = rate_periods[i].suffix;
+    if (l->rate > 0)
+        fprintf(out, "%*s%s %" PRIu64 "/%s;\n", indent * 4, "", d->name, l->rate, unit);
+}
+
+static void parse_route_limit(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_route *r = obj;
+    struct conf *conf = b->conf;
+    size_t i = FIND_NAMED(&b->limit_index, conf->limits, conf->nlimits, name, n->argv[1]);
+    if (i == SIZE_MAX) {
+        conf_report(b->ld, &n->pos, "unknown limit \"%s\"", n->argv[1]);
+        return;
+    }
+    for (size_t j = 0; j < r->nlimits; j++)
+        if (r->limits[j] == &conf->limits[i]) {
+            conf_report(b->ld, &n->pos, "limit \"%s\" is repeated in this route", n->argv[1]);
+            return;
+        }
+    if (r->nlimits == CONF_ROUTE_LIMITS_MAX) {
+        conf_report(b->ld, &n->pos, "more than %d limits in one route", CONF_ROUTE_LIMITS_MAX);
+        return;
+    }
+    *CONF_PUSH(r->limits, r->nlimits) = &conf->limits[i];
+}
+
+static void print_route_limits(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    for (size_t i = 0; i < r->nlimits; i++)
+        fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->limits[i]->name);
+}
+
+/* "max_inflight N [queue=Q] [queue_timeout=D]" */
+static void parse_max_inflight(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf_max_inflight *m = field(obj, d);
+    uint64_t v, q = 100, t = 5 * MS_SECOND;
+    if (!parse_bounded(b, n, "max_inflight", n->argv[1], &numbers, 1, 1000000, &v))
+        return;
+    for (size_t i = 2; i < n->argc; i++) {
+        const char *a = n->argv[i];
+        if (strncmp(a, "queue=", 6) == 0) {
+            if (!parse_bounded(b, n, "max_inflight queue", a + 6, &numbers, 0, 1000000, &q))
+                return;
+        } else if (strncmp(a, "queue_timeout=", 14) == 0) {
+            if (!parse_bounded(b, n, "max_inflight queue_timeout", a + 14, &durations, 1, MS_HOUR, &t))
+                return;
+        } else {
+            conf_report(b->ld, &n->pos, "max_inflight: invalid option \"%s\" (expected queue=N or queue_timeout=D)",
+                        a);
+            return;
+        }
+    }
+    *m = (struct conf_max_inflight){(unsigned)v, (unsigned)q, t, n->pos};
+}
+
+static void print_max_inflight(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_max_inflight *m = cfield(obj, d);
+    char buf[32];
+    if (m->max > 0)
+        fprintf(out, "%*s%s %u queue=%u queue_timeout=%s;\n", indent * 4, "", d->name, m->max, m->queue,
+                format_value(buf, m->queue_timeout_ms, &durations));
+}
+
+/* "10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8" */
+static bool cidr_value(const char *text, struct conf_cidr *c)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(text, '/');
+    size_t hlen = slash ? (size_t)(slash - text) : strlen(text);
+    if (hlen == 0 || hlen >= sizeof(host))
+        return false;
+    memcpy(host, text, hlen);
+    host[hlen] = '\0';
+    memset(c, 0, sizeof(*c));
+    c->is_v6 = strchr(host, ':') != NULL;
+    if (inet_pton(c->is_v6 ? AF_INET6 : AF_INET, host, c->addr) != 1)
+        return false;
+    uint64_t most = c->is_v6 ? 128 : 32, bits = most;
+    if (slash != NULL && (unit_value(slash + 1, &numbers, &bits) != NULL || bits > most))
+        return false;
+    c->bits = (unsigned char)bits;
+    return true;
+}
+
+static void parse_trusted_proxies(struct build *b, const struct conf_node *n, const struct directive *d,
+                                  void *obj)
+{
+    struct conf_cidrs *list = field(obj, d);
+    for (size_t i = 1; i < n->argc; i++) {
+        struct conf_cidr c;
+        if (cidr_value(n->argv[i], &c))
+            *CONF_PUSH(list->v, list->n) = c;
+        else
+            conf_report(b->ld, &n->pos, "trusted_proxies: invalid address \"%s\" (expected IP or IP/BITS)",
+                        n->argv[i]);
+    }
+}
+
+static void print_trusted_proxies(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_cidrs *list = cfield(obj, d);
+    if (list->n == 0)
+        return;
+    fprintf(out, "%*s%s", indent * 4, "", d->name);
+    for (size_t i = 0; i < list->n; i++) {
+        char a[INET6_ADDRSTRLEN];
+        inet_ntop(list->v[i].is_v6 ? AF_INET6 : AF_INET, list->v[i].addr, a, sizeof(a));
+        fprintf(out, " %s/%u", a, list->v[i].bits);
+    }
+    fputs(";\n", out);
+}
+
 /* --- the table --- */
 
 #define DIR_VALUE(name_, ctx_, parse_, print_, kind_, type, member, lo_, hi_, def_)                          \
@@ -2060,6 +2318,26 @@ static const struct directive directives[] = {
     DIR_FLAG("query_sort", CTX_ROUTE_CACHE, struct conf_route_cache, key_query_sorted, "off"),
     DIR_CUSTOM("query_ignore", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_query_ignore,
                print_query_ignore, NULL),
+
+    /* issue 5: admission control */
+    DIR_CUSTOM("limit", CTX_MAIN, CONF_BLOCK, 1, 1, MULTI | EARLY, parse_limit, print_limits, NULL),
+    DIR_CUSTOM("key", CTX_LIMIT, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_limit_key, print_limit_key, "ip"),
+    DIR_CUSTOM("rate", CTX_LIMIT, CONF_NO_BLOCK, 1, 1, ONCE, parse_limit_rate, print_limit_rate, NULL),
+    DIR_NUMBER("burst", CTX_LIMIT, struct conf_limit, burst, 0, 1000000000, "0"),
+    DIR_ENUM("scope", CTX_LIMIT, struct conf_limit, scope, limit_scopes, "local"),
+    DIR_ENUM("on_redis_error", CTX_LIMIT, struct conf_limit, on_redis_error, limit_on_errors, "local"),
+    DIR_NUMBER("max_keys", CTX_LIMIT, struct conf_limit, max_keys, 1, 100000000, "100000"),
+    DIR_FLAG("headers", CTX_LIMIT, struct conf_limit, headers, "on"),
+    DIR_CUSTOM("limit", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, MULTI, parse_route_limit, print_route_limits, NULL),
+    {.name = "max_inflight", .ctx = CTX_ROUTE, .min_args = 1, .max_args = 3, .parse = parse_max_inflight,
+     .print = print_max_inflight, .offset = offsetof(struct conf_route, max_inflight)},
+    {.name = "max_inflight", .ctx = CTX_UPSTREAM, .min_args = 1, .max_args = 3, .parse = parse_max_inflight,
+     .print = print_max_inflight, .offset = offsetof(struct conf_upstream, max_inflight)},
+    {.name = "trusted_proxies", .ctx = CTX_MAIN, .min_args = 1, .max_args = CONF_ARGS_ANY,
+     .parse = parse_trusted_proxies, .print = print_trusted_proxies, .offset = offsetof(struct conf, trusted_proxies)},
+    {.name = "trusted_proxies", .ctx = CTX_SERVER, .min_args = 1, .max_args = CONF_ARGS_ANY,
+     .parse = parse_trusted_proxies, .print = print_trusted_proxies,
+     .offset = offsetof(struct conf_server, trusted_proxies)},
 };
 
 static const struct directive *directive_lookup(const char *name, unsigned ctx)
@@ -2230,6 +2508,7 @@ static void check_conf(struct build *b, const struct conf_node *root)
         conf_report(b->ld, &(struct conf_pos){b->ld->files[0], 0}, "no server block");
     REPORT_REPEATS(b, "upstream", b->conf->upstreams, b->conf->nupstreams, name);
     REPORT_REPEATS(b, "cache", b->conf->caches, b->conf->ncaches, name);
+    REPORT_REPEATS(b, "limit", b->conf->limits, b->conf->nlimits, name);
     check_listens(b);
 }
 
@@ -2258,11 +2537,13 @@ static void server_dispose(struct conf_server *s)
     free(s->listens);
     strings_free(s->names, s->nnames);
     free(s->process_time_header);
+    free(s->trusted_proxies.v);
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i].prefix);
         header_ops_free(s->routes[i].req_ops, s->routes[i].nreq_ops);
         header_ops_free(s->routes[i].resp_ops, s->routes[i].nresp_ops);
         route_cache_free(s->routes[i].cache);
+        free(s->routes[i].limits);
     }
     free(s->routes);
 }
@@ -2290,6 +2571,12 @@ static void conf_free(struct conf *conf)
         free(conf->redis->host);
         free(conf->redis);
     }
+    for (size_t i = 0; i < conf->nlimits; i++) {
+        free(conf->limits[i].name);
+        limit_keys_free(conf->limits[i].keys, conf->limits[i].nkeys);
+    }
+    free(conf->limits);
+    free(conf->trusted_proxies.v);
     for (size_t i = 0; i < conf->nservers; i++)
         server_dispose(&conf->servers[i]);
     free(conf->servers);
@@ -2318,6 +2605,7 @@ static struct conf *build_conf(struct conf_loader *ld, struct conf_node *root, c
         check_conf(&b, root);
         free(b.upstream_index);
         free(b.cache_index);
+        free(b.limit_index);
         conf->_files = ld->files;
         conf->_nfiles = ld->nfiles;
         ld->files = NULL;

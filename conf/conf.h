@@ -40,6 +40,57 @@ struct conf_header_op {
     char *value;
 };
 
+/* ---- admission control (issue 5: rate limits, max_inflight) ---- */
+
+enum conf_limit_scope { CONF_LIMIT_LOCAL = 0, CONF_LIMIT_GLOBAL };
+enum conf_limit_on_error { CONF_LIMIT_ERR_LOCAL = 0, CONF_LIMIT_ERR_ALLOW, CONF_LIMIT_ERR_DENY };
+enum conf_limit_key_kind { CONF_LIMIT_KEY_IP = 0, CONF_LIMIT_KEY_HEADER, CONF_LIMIT_KEY_QUERY, CONF_LIMIT_KEY_ROUTE };
+
+/* Bounds: limits on one route, parts in one limit's key. */
+#define CONF_ROUTE_LIMITS_MAX 8
+#define CONF_LIMIT_KEYS_MAX   8
+
+/* One part of a limit's `key a,b`: header names lowercased. */
+struct conf_limit_key {
+    enum conf_limit_key_kind kind;
+    char *name; /* header:NAME / query:NAME; NULL for ip and route */
+};
+
+/* `limit NAME { key; rate N/P; burst; scope; on_redis_error; max_keys; headers; }` at top level. */
+struct conf_limit {
+    char *name;
+    struct conf_limit_key *keys; /* default: ip */
+    size_t nkeys;
+    uint64_t rate;      /* requests per period (required) */
+    uint64_t period_ms; /* 1s, 1m, 1h or 1d */
+    unsigned burst;     /* requests allowed at once on top of `rate`, default 0 */
+    enum conf_limit_scope scope;             /* default local */
+    enum conf_limit_on_error on_redis_error; /* default local */
+    unsigned max_keys;  /* keys held by the local store, default 100000 */
+    bool headers;       /* RateLimit-* on allowed responses, default on */
+    struct conf_pos pos;
+};
+
+/* `trusted_proxies CIDR...`: peers whose X-Forwarded-For is believed. */
+struct conf_cidr {
+    unsigned char addr[16]; /* IPv4 in the first 4 bytes */
+    unsigned char bits;
+    bool is_v6;
+};
+
+struct conf_cidrs {
+    struct conf_cidr *v;
+    size_t n;
+};
+
+/* `max_inflight N queue=Q queue_timeout=T` (route or upstream); max 0 = none. */
+struct conf_max_inflight {
+    unsigned max;
+    unsigned queue;            /* waiting requests, default 100; 0 = 503 at once when full */
+    uint64_t queue_timeout_ms; /* default 5s */
+    struct conf_pos pos;
+};
+
 struct conf_listen {
     struct sockaddr_storage addr; /* numeric address, port set */
     socklen_t addrlen;
@@ -124,6 +175,7 @@ struct conf_upstream {
     struct conf_retry retry;
     struct conf_breaker breaker;
     struct conf_health_check health;
+    struct conf_max_inflight max_inflight; /* issue 5: shared by every route using this upstream */
     struct conf_pos pos;
 };
 
@@ -202,6 +254,10 @@ struct conf_route {
     uint64_t deadline_ms;           /* all tries of a request together, default 0 = none */
     struct conf_upstream *fallback; /* `fallback NAME`: used while every server of upstream is open */
     bool retry_non_idempotent;      /* retry POST/PATCH after they reached the upstream, with an Idempotency-Key */
+    /* issue 5: admission control */
+    struct conf_limit **limits; /* `limit NAME;` in conf order, into conf->limits */
+    size_t nlimits;
+    struct conf_max_inflight max_inflight;
     void *runtime; /* left NULL by conf; the proxy hangs its per-route state here */
     struct conf_pos pos;
 };
@@ -221,6 +277,7 @@ struct conf_server {
     uint64_t max_uri_size;             /* default 8k -> 414 */
     uint64_t max_body_size;            /* default 10m -> 413; 0 = unlimited */
     bool via;                          /* add Via both ways, default on */
+    struct conf_cidrs trusted_proxies; /* issue 5: none here = the top-level list */
     struct conf_route *routes;         /* sorted by prefix length, longest first */
     size_t nroutes;
     struct conf_pos pos;
@@ -246,6 +303,10 @@ struct conf {
     struct conf_cache *caches;
     size_t ncaches;
     struct conf_redis *redis; /* NULL without a redis directive */
+    /* issue 5: admission control */
+    struct conf_limit *limits;
+    size_t nlimits;
+    struct conf_cidrs trusted_proxies; /* none: X-Forwarded-For is never believed */
     struct conf_server *servers;
     size_t nservers;
 

@@ -233,8 +233,12 @@ static void render_stats(struct worker *w, struct strbuf *sb)
     cache_foreach(render_cache, &r);
     struct cache_tier_stats ts;
     cache_tier_get_stats(&ts);
+    strbuf_puts(sb, "},\"limits\":"); /* admission control (issue 5) */
+    limit_render_json(sb, uv_hrtime());
+    strbuf_puts(sb, ",\"max_inflight\":");
+    limit_inflight_render_json(sb);
     strbuf_printf(sb,
-                  "},\"redis_tier\":{\"puts\":%llu,\"put_errors\":%llu,\"gets\":%llu,\"hits\":%llu,\"misses\":%llu,"
+                  ",\"redis_tier\":{\"puts\":%llu,\"put_errors\":%llu,\"gets\":%llu,\"hits\":%llu,\"misses\":%llu,"
                   "\"get_errors\":%llu,\"bad_blobs\":%llu}}\n",
                   (unsigned long long)ts.puts, (unsigned long long)ts.put_errors, (unsigned long long)ts.gets,
                   (unsigned long long)ts.hits, (unsigned long long)ts.misses, (unsigned long long)ts.get_errors,

@@ -70,6 +70,10 @@ static size_t response_lines(struct conn *c, int64_t age, char *out, size_t cap)
     if (c->srv->via)
         n += snprintf(out + n, cap - n, "Via: 1.1 sluice\r\n");
     n += process_time_line(c, out + n, cap - n);
+    if (c->extra_len > 0 && (size_t)n + c->extra_len < cap - 64) {
+        memcpy(out + n, c->extra_lines, c->extra_len); /* RateLimit-* (limited.c) */
+        n += (int)c->extra_len;
+    }
     if (c->want_close)
         n += snprintf(out + n, cap - n, "Connection: close\r\n");
     else if (!client_is_http11(c))

@@ -28,9 +28,10 @@ enum conn_state {
     CS_LOCAL,   /* a response made here is being written */
     CS_TUNNEL,  /* after a 101: raw bytes both ways */
     CS_LINGER,  /* closing: write side shut, draining what the client still sends */
+    CS_QUEUED,  /* waiting for a max_inflight slot (limited.c): read only to notice the client leaving */
 };
 
-enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL, TK_RETRY };
+enum timer_kind { TK_NONE, TK_IDLE, TK_HEAD, TK_BODY, TK_SEND, TK_LINGER, TK_TUNNEL, TK_RETRY, TK_QUEUE };
 
 struct conn {
     uv_tcp_t tcp;
@@ -139,6 +140,18 @@ struct conn {
     struct head saved_rs;
     struct strbuf saved_body;
     char idem_key[48];            /* Idempotency-Key sent on every try, "" when none is added */
+
+    /* admission control (limited.c, issue 5) */
+    struct limit_waiter lwait;    /* in the queue of rt->inflight[lstage] while is_lqueued */
+    struct list lwake_link;       /* in the worker's limit_woken list (under its lock) */
+    bool is_lwake_queued;
+    bool is_lqueued;
+    unsigned lstage;              /* in-flight slots held: rt->inflight[0 .. lstage) */
+    struct limit_key lkeys[LIMIT_ROUTE_MAX];
+    struct limit_result lbest;    /* the most restrictive result that shows headers */
+    bool has_lbest;
+    char extra_lines[320];        /* RateLimit-* / Retry-After lines for this response */
+    size_t extra_len;
 };
 
 /* A request body held whole.  Refcounted: the request holds one reference,
@@ -166,9 +179,6 @@ void conn_abort(struct conn *c, enum stats_error why);
  * get) the connection waits for; the last one frees it. */
 void conn_unref(struct conn *c);
 void respond_error(struct conn *c, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* The same with extra header lines ("Name: value\r\n"...). */
-void respond_error_extra(struct conn *c, unsigned status, const char *extra, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 /* cached.c */
 /* The request's route caches: look it up.  True when the request was
@@ -204,6 +214,24 @@ void cached_body_complete(struct conn *c);
 bool cached_hold(struct conn *c, const char *p, size_t len);
 /* Runs the joiners woken by fills (worker thread). */
 void cached_run_woken(struct worker *w);
+
+/* http.c, for limited.c */
+/* The rest of dispatch once the request is admitted: cache, then upstream. */
+void req_proceed(struct conn *c);
+void req_timer_set(struct conn *c, enum timer_kind kind, uint64_t ms);
+
+/* limited.c: admission control (issue 5) */
+/* The route has limits or max_inflight: check them.  True when the request
+ * was answered (429, 503) or waits (Redis, the queue); it then goes on by
+ * req_proceed itself. */
+bool limited_begin(struct conn *c);
+/* The request is over or the connection closes: leave the queue, give back
+ * the in-flight slots. */
+void limited_done(struct conn *c);
+/* TK_QUEUE fired: the wait in the queue is over. */
+void limited_timeout(struct conn *c);
+/* Runs the queued requests that got a slot (worker thread). */
+void limited_run_woken(struct worker *w);
 
 
 #endif

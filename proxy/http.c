@@ -89,8 +89,8 @@ static const char *reason_phrase(unsigned status)
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
-    case 429: return "Too Many Requests";
     case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
@@ -157,7 +157,7 @@ bool client_is_http11(const struct conn *c)
 /* Writes a complete response made here.  The connection closes after it when
  * asked, or when the request's body was not read (it cannot be skipped). */
 static void respond_local(struct conn *c, unsigned status, const char *ctype, const char *body, size_t len,
-                          bool close, const char *extra)
+                          bool close)
 {
     if (!c->rq_body_done && c->rq_has_body)
         close = true;
@@ -168,8 +168,10 @@ static void respond_local(struct conn *c, unsigned status, const char *ctype, co
     int n = snprintf(head, sizeof(head), "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
                      reason_phrase(status), ctype, len);
     n += process_time_line(c, head + n, sizeof(head) - n);
-    if (extra != NULL)
-        n += snprintf(head + n, sizeof(head) - n, "%s", extra);
+    if (c->extra_len > 0 && c->extra_len < sizeof(head) - (size_t)n - 64) {
+        memcpy(head + n, c->extra_lines, c->extra_len); /* admission control: RateLimit-*, Retry-After */
+        n += (int)c->extra_len;
+    }
     n += snprintf(head + n, sizeof(head) - n, "%s\r\n",
                   c->want_close ? "Connection: close\r\n"
                   : (!client_is_http11(c) ? "Connection: keep-alive\r\n" : ""));
@@ -187,33 +189,20 @@ static void respond_local(struct conn *c, unsigned status, const char *ctype, co
     req_done(c);
 }
 
-static void respond_error_va(struct conn *c, unsigned status, const char *extra, const char *fmt, va_list ap)
+void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
 {
     char body[512];
     int n = snprintf(body, sizeof(body), "%u %s: ", status, reason_phrase(status));
+    va_list ap;
+    va_start(ap, fmt);
     n += vsnprintf(body + n, sizeof(body) - n - 1, fmt, ap);
+    va_end(ap);
     if (n > (int)sizeof(body) - 2)
         n = sizeof(body) - 2;
     body[n++] = '\n';
     respond_local(c, status, "text/plain", body, (size_t)n,
-                  status == 400 || (status >= 413 && status < 500 && status != 429) || status == 501 || status == 505,
-                  extra);
-}
-
-void respond_error(struct conn *c, unsigned status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    respond_error_va(c, status, NULL, fmt, ap);
-    va_end(ap);
-}
-
-void respond_error_extra(struct conn *c, unsigned status, const char *extra, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    respond_error_va(c, status, extra, fmt, ap);
-    va_end(ap);
+                  status == 400 || (status >= 413 && status < 500 && status != 429) || status == 501 ||
+                      status == 505);
 }
 
 /* ---- closing ---- */
@@ -259,6 +248,8 @@ static void conn_close(struct conn *c)
         return;
     c->is_closing = true;
     cached_release(c);
+    if (c->lstage > 0 || c->is_lqueued)
+        limited_done(c);
     if (c->uc != NULL)
         up_detach(c, false);
     if (c->pend != NULL) {
@@ -361,11 +352,14 @@ static void req_reset(struct conn *c)
     strbuf_dispose(&c->saved_body);
     c->idem_key[0] = '\0';
     c->host[0] = '\0';
+    c->extra_len = 0;
 }
 
 void req_done(struct conn *c)
 {
     cached_release(c);
+    if (c->lstage > 0 || c->is_lqueued)
+        limited_done(c);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
     struct stats_counters *rs = c->rstats;
     if (rs != NULL) {
@@ -610,8 +604,13 @@ static void retry_schedule(struct conn *c)
  * real answer, so the client gets it rather than a made-up error. */
 static void respond_saved(struct conn *c)
 {
-    char extra[256];
+    char extra[1024];
     int n = process_time_line(c, extra, sizeof(extra));
+    if (c->extra_len > 0 && n + c->extra_len < sizeof(extra) - 64) {
+        memcpy(extra + n, c->extra_lines, c->extra_len); /* RateLimit-* (limited.c) */
+        n += (int)c->extra_len;
+        extra[n] = '\0';
+    }
     bool has_length = head_get(&c->saved_rs, "content-length", (char[24]){0}, 24);
     if (!has_length)
         n += snprintf(extra + n, sizeof(extra) - n, "Content-Length: %zu\r\n", c->saved_body.len);
@@ -777,9 +776,11 @@ static bool all_open(struct conn *c, uint64_t now)
         wait = w < wait ? w : wait;
     }
     STATS_INC(c->rstats->errors[STATS_ERR_BREAKER_OPEN]);
-    char extra[64];
-    snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", wait == UINT64_MAX ? 1 : (wait + 999) / 1000);
-    respond_error_extra(c, 503, extra, "upstream %s: every server's circuit breaker is open", c->group->conf->name);
+    int n = snprintf(c->extra_lines + c->extra_len, sizeof(c->extra_lines) - c->extra_len, "Retry-After: %" PRIu64 "\r\n",
+                     wait == UINT64_MAX ? 1 : (wait + 999) / 1000);
+    if (n > 0 && (size_t)n < sizeof(c->extra_lines) - c->extra_len)
+        c->extra_len += (size_t)n;
+    respond_error(c, 503, "upstream %s: every server's circuit breaker is open", c->group->conf->name);
     return true;
 }
 
@@ -1034,7 +1035,9 @@ static void resp_write_head(struct conn *c)
     extra[nextra] = '\0';
     if (c->rs_swallow || c->rs_revalidated)
         return; /* a stored response answers once this one is over */
-    process_time_line(c, extra + nextra, sizeof(extra) - nextra);
+    nextra += (size_t)process_time_line(c, extra + nextra, sizeof(extra) - nextra);
+    if (c->extra_len > 0 && nextra + c->extra_len < sizeof(extra))
+        memcpy(extra + nextra, c->extra_lines, c->extra_len + 1); /* RateLimit-* (limited.c) */
     const char *ptime = extra;
     struct reply_head rh = {
         .status = status,
@@ -1637,7 +1640,7 @@ static void req_admin(struct conn *c)
     char auth[512];
     const char *auth_value = head_get(&c->rq, "authorization", auth, sizeof(auth)) ? auth : NULL;
     int status = admin_handle(c->w, llhttp_method_name(c->method), path, auth_value, &body, &ctype);
-    respond_local(c, (unsigned)status, ctype, body.data ? body.data : "", body.len, false, NULL);
+    respond_local(c, (unsigned)status, ctype, body.data ? body.data : "", body.len, false);
     strbuf_dispose(&body);
 }
 
@@ -1680,6 +1683,13 @@ static void req_dispatch(struct conn *c)
     c->rq_expect = head_expects_continue(&c->rq);
     if (c->rq_has_body)
         timer_set(c, TK_BODY, c->srv->client_body_timeout_ms);
+    if (c->rt->has_admission && limited_begin(c))
+        return;
+    req_proceed(c);
+}
+
+void req_proceed(struct conn *c)
+{
     if (c->route->cache != NULL && cached_begin(c))
         return;
     if (c->rc != NULL && c->rqf.cc.only_if_cached) {
@@ -1800,8 +1810,10 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             conn_close(c);
             return;
         }
-        /* the client left before its request was complete: nothing to answer */
-        if (!c->rq_body_done || c->state == CS_HEAD) {
+        /* the client left before its request was complete: nothing to answer;
+         * a queued one leaves its max_inflight queue (a half-close there is
+         * taken for leaving: the place is worth more to the next client) */
+        if (!c->rq_body_done || c->state == CS_HEAD || c->state == CS_QUEUED) {
             conn_abort(c, STATS_ERR_CLIENT_CLOSED);
             return;
         }
@@ -1875,9 +1887,17 @@ static void on_conn_timer(uv_timer_t *t)
         timer_set(c, TK_NONE, 0);
         req_forward(c);
         break;
+    case TK_QUEUE:
+        limited_timeout(c);
+        break;
     case TK_NONE:
         break;
     }
+}
+
+void req_timer_set(struct conn *c, enum timer_kind kind, uint64_t ms)
+{
+    timer_set(c, kind, ms);
 }
 
 void conn_accept(struct listener *l)

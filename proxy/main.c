@@ -96,6 +96,19 @@ static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *gr
                 if (rt->store == NULL)
                     abort(); /* a few control structures: only failing malloc gets here */
             }
+            /* admission control (issue 5): process-wide state found by name */
+            for (size_t k = 0; k < r->nlimits; k++) {
+                rt->limit_confs[k] = r->limits[k];
+                if ((rt->limits[k] = limit_get(r->limits[k])) == NULL)
+                    abort();
+            }
+            rt->nlimits = r->nlimits;
+            if (r->max_inflight.max > 0)
+                rt->inflight[rt->ninflight++] = limit_inflight_get("route", rt->name, &r->max_inflight);
+            if (r->upstream->max_inflight.max > 0)
+                rt->inflight[rt->ninflight++] =
+                    limit_inflight_get("upstream", r->upstream->name, &r->upstream->max_inflight);
+            rt->has_admission = rt->nlimits > 0 || rt->ninflight > 0;
             r->runtime = rt;
         }
     }
@@ -465,6 +478,7 @@ int main(int argc, char **argv)
     uv_run(&M.loop, UV_RUN_DEFAULT);
     uv_loop_close(&M.loop);
     cache_shutdown_all();
+    limit_shutdown_all();
     if (M.exit_code == 0)
         log_info("main", "stopped");
     return M.exit_code;

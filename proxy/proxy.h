@@ -26,6 +26,7 @@
 
 #include "common/list.h"
 #include "conf/conf.h"
+#include "limit/limit.h"
 #include "stats/stats.h"
 #include "upstream/upstream.h"
 
@@ -39,6 +40,13 @@ struct route_rt {
     struct upstream_group *group;
     struct upstream_group *fallback; /* `fallback`: while every server of group is open, or NULL */
     struct cache *store; /* the route's cache store, NULL when it does not cache */
+    /* admission control (issue 5, limited.c) */
+    bool has_admission;                       /* any of the below: limited_begin runs */
+    struct limit *limits[LIMIT_ROUTE_MAX];    /* the route's `limit`s, in conf order */
+    const struct conf_limit *limit_confs[LIMIT_ROUTE_MAX];
+    size_t nlimits;
+    struct limit_inflight *inflight[2];       /* the route's max_inflight, then its upstream's */
+    size_t ninflight;
 };
 
 struct proxy_gen {
@@ -89,6 +97,7 @@ struct worker {
     struct list conns;
     unsigned nconns;
     struct list woken; /* connections a cache fill woke (under lock) */
+    struct list limit_woken; /* queued connections given an in-flight slot (under lock; limited.c) */
     struct redis_conn *redis; /* the cache's second tier, when the conf has redis */
     char *redis_url;
     struct upstream_pool *pool;

@@ -44,6 +44,7 @@ void worker_init(struct worker *w, unsigned id)
     list_init(&w->listeners);
     list_init(&w->conns);
     list_init(&w->woken);
+    list_init(&w->limit_woken);
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -204,6 +205,7 @@ static void on_inbox(uv_async_t *a)
         free(m);
     }
     cached_run_woken(w);
+    limited_run_woken(w);
     worker_maybe_stop(w);
 }
 

@@ -854,7 +854,7 @@ TEST(directive_errors)
 TEST(future_directives_not_supported_yet)
 {
     static const char *const names[] = {
-        "limit", "analytics", "access_log", "max_inflight", "tls_verify", "tls_ca",
+        "analytics", "access_log", "tls_verify", "tls_ca",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char text[512], want[128];
@@ -1148,16 +1148,16 @@ TEST(many_errors_in_one_run)
         "    route y { upstream a; }\n"
         "}\n"
         "cache main { memory 1k; }\n"
-        "limit main { rate 1/s; }\n",
-        /* upstream and cache blocks are applied first, so routes can name any of them */
+        "limit main { rate 1/x; }\n",
+        /* upstream, cache and limit blocks are applied first, so routes can name any of them */
         "t.conf:3: server: invalid address \"nohost\" (expected HOST:PORT or [IPv6]:PORT)\n"
         "t.conf:10: memory: 1k is out of range (1m..1024g)\n"
+        "t.conf:11: rate: invalid period \"x\" (expected s, m, h or d)\n"
         "t.conf:1: workers: 0 is out of range (1..128)\n"
         "t.conf:2: unknown directive \"bogus\"\n"
         "t.conf:6: max_body_size: invalid size \"1x\": expected a number with an optional k, m or g suffix\n"
         "t.conf:7: unknown upstream \"missing\"\n"
-        "t.conf:8: route: invalid prefix \"y\" (must start with \"/\"; no spaces, \"?\" or \"#\")\n"
-        "t.conf:11: directive \"limit\" is not supported yet\n");
+        "t.conf:8: route: invalid prefix \"y\" (must start with \"/\"; no spaces, \"?\" or \"#\")\n");
 }
 
 TEST(error_output_is_capped)
