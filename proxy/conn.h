@@ -15,6 +15,7 @@
 #include "cache/cache.h"
 #include "common/buf.h"
 #include "common/outq.h"
+#include "common/tls.h"
 #include "proxy/headers.h"
 #include "proxy/proxy.h"
 
@@ -122,6 +123,10 @@ struct conn {
     int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
     char *held;  /* a request body kept for its hash and for replay upstream */
     size_t held_len, held_cap;
+
+    /* TLS listener (README "TLS"): reads are decrypted before conn_on_read,
+     * c->out encrypts; NULL on a plain connection */
+    struct tls *tls;
 };
 
 #define CACHE_KEY_MAX 16384

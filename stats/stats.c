@@ -39,6 +39,7 @@ const char *const stats_error_names[STATS_ERR__COUNT] = {
     [STATS_ERR_CLIENT_CLOSED] = "client_closed",
     [STATS_ERR_BAD_REQUEST] = "bad_request",
     [STATS_ERR_NO_ROUTE] = "no_route",
+    [STATS_ERR_TLS] = "tls",
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -31,6 +31,7 @@ enum stats_error {
     STATS_ERR_CLIENT_CLOSED,   /* client went away before the response was complete */
     STATS_ERR_BAD_REQUEST,     /* we answered 400/408/413/414/431 */
     STATS_ERR_NO_ROUTE,        /* no route matched: 404 */
+    STATS_ERR_TLS,             /* TLS handshake failed (client side or upstream, e.g. verification) */
     STATS_ERR__COUNT
 };
 

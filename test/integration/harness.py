@@ -210,11 +210,11 @@ def rss_kb(pid):
 class Origin:
     """The scriptable origin (test/origin/origin.c) on a free port."""
 
-    def __init__(self, idle_ms=None):
+    def __init__(self, idle_ms=None, args=()):
         last = None
         for _ in range(3):
             self.port = free_port()
-            argv = [ORIGIN_BIN, "-p", str(self.port), "-w"]
+            argv = [ORIGIN_BIN, "-p", str(self.port), "-w"] + list(args)
             if idle_ms is not None:
                 argv += ["-k", str(idle_ms)]
             self.proc = Proc(argv, name="origin", stdout=subprocess.PIPE)
