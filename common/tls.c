@@ -54,6 +54,22 @@ static void openssl_reason(char *err, size_t errlen, const char *what)
 
 /* ---- contexts ---- */
 
+/* The key of cert_file; a key for another certificate is named as such
+ * (OpenSSL says only "key values mismatch"). */
+static int load_key(SSL_CTX *ctx, const char *cert_file, const char *key_file, char *what, size_t cap)
+{
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) == 1 && SSL_CTX_check_private_key(ctx) == 1)
+        return 0;
+    int reason = ERR_GET_REASON(ERR_peek_last_error());
+    if (reason == X509_R_KEY_VALUES_MISMATCH || reason == SSL_R_PRIVATE_KEY_MISMATCH) {
+        ERR_clear_error();
+        snprintf(what, cap, "key %s does not match certificate %s", key_file, cert_file);
+    } else {
+        snprintf(what, cap, "cannot load key %s", key_file);
+    }
+    return -1;
+}
+
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
                        unsigned inlen, void *arg)
 {
@@ -97,14 +113,8 @@ SSL_CTX *tls_server_ctx_create(const char *cert_file, const char *key_file, char
         snprintf(what, sizeof(what), "cannot load certificate %s", cert_file);
         goto fail;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-        snprintf(what, sizeof(what), "cannot load key %s", key_file);
+    if (load_key(ctx, cert_file, key_file, what, sizeof(what)) != 0)
         goto fail;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(what, sizeof(what), "key %s does not match certificate %s", key_file, cert_file);
-        goto fail;
-    }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     /* tickets carry the session: no per-process server cache to share or lock */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
@@ -146,14 +156,8 @@ SSL_CTX *tls_client_ctx_create(bool verify, const char *ca_file, const char *cer
             snprintf(what, sizeof(what), "cannot load certificate %s", cert_file);
             goto fail;
         }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-            snprintf(what, sizeof(what), "cannot load key %s", key_file);
+        if (load_key(ctx, cert_file, key_file, what, sizeof(what)) != 0)
             goto fail;
-        }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
-            snprintf(what, sizeof(what), "key %s does not match certificate %s", key_file, cert_file);
-            goto fail;
-        }
     }
     SSL_CTX_set_alpn_protos(ctx, alpn_http11, sizeof(alpn_http11) - 1);
     /* sessions go to the caller (one per upstream server per worker), not to

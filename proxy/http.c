@@ -905,7 +905,8 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
                 return;
             }
         }
-        up_fail(c, STATS_ERR_UPSTREAM_CLOSED, (int)nread);
+        /* an alert after the handshake (TLS 1.3: a refused client certificate) */
+        up_fail(c, upstream_conn_tls_error(uc) != NULL ? STATS_ERR_TLS : STATS_ERR_UPSTREAM_CLOSED, (int)nread);
         return;
     }
     STATS_ADD(server_stats(c)->bytes_in, (uint64_t)nread);
