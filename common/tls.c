@@ -43,13 +43,23 @@ void tls_global_init(void)
     ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-/* The last OpenSSL error as text, and the queue cleared. */
+/* The last OpenSSL error as text, and the queue cleared.  A system error
+ * anywhere in the queue wins: "No such file or directory" says more than the
+ * "system lib" stacked on it. */
 static void openssl_reason(char *err, size_t errlen, const char *what)
 {
-    unsigned long e = ERR_peek_last_error();
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    const char *r = NULL;
+    unsigned long e;
+    int sys = 0;
+    while ((e = ERR_get_error()) != 0) {
+        if (ERR_SYSTEM_ERROR(e))
+            sys = ERR_GET_REASON(e);
+        else
+            r = ERR_reason_error_string(e);
+    }
+    if (sys != 0)
+        r = strerror(sys);
     snprintf(err, errlen, "%s%s%s", what, r ? ": " : "", r ? r : "");
-    ERR_clear_error();
 }
 
 /* ---- contexts ---- */
