@@ -423,6 +423,11 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
     return (ssize_t)n;
 }
 
+bool tls_peer_closed(const struct tls *t)
+{
+    return t->is_peer_closed;
+}
+
 void tls_shutdown(struct tls *t)
 {
     if (!t->is_ready || t->is_failed)

@@ -104,6 +104,9 @@ void tls_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b);
  * tls_error).  May flush the outq (handshake messages, alerts). */
 ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *plain);
 
+/* The peer sent close_notify (a tls_read that returned its last data may
+ * have seen it: the next read reports UV_EOF). */
+bool tls_peer_closed(const struct tls *t);
 /* Queues close_notify and flushes it. */
 void tls_shutdown(struct tls *t);
 
