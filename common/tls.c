@@ -26,6 +26,7 @@ struct tls {
     bool is_ready;
     bool is_failed;
     bool is_peer_closed;
+    bool has_input; /* a byte came: a close before it is no TLS failure on a listener */
     char err[192];
 };
 
@@ -68,7 +69,8 @@ static void openssl_reason(char *err, size_t errlen, const char *what)
  * (OpenSSL says only "key values mismatch"). */
 static int load_key(SSL_CTX *ctx, const char *cert_file, const char *key_file, char *what, size_t cap)
 {
-    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) == 1 && SSL_CTX_check_private_key(ctx) == 1)
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) == 1 &&
+        SSL_CTX_check_private_key(ctx) == 1)
         return 0;
     int reason = ERR_GET_REASON(ERR_peek_last_error());
     if (reason == X509_R_KEY_VALUES_MISMATCH || reason == SSL_R_PRIVATE_KEY_MISMATCH) {
@@ -154,10 +156,16 @@ SSL_CTX *tls_client_ctx_create(bool verify, const char *ca_file, const char *cer
     char what[512];
     if (verify) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-        int ok = ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
-                                 : SSL_CTX_set_default_verify_paths(ctx);
-        if (ok != 1) {
-            snprintf(what, sizeof(what), "cannot load CA file %s", ca_file ? ca_file : "(system store)");
+        /* the system store as one file read now: its directory form would be
+         * read lazily, during a handshake, on a worker */
+        const char *file = ca_file;
+        if (file == NULL)
+            file = getenv(X509_get_default_cert_file_env());
+        if (file == NULL)
+            file = X509_get_default_cert_file();
+        if (SSL_CTX_load_verify_locations(ctx, file, NULL) != 1) {
+            snprintf(what, sizeof(what), "cannot load %s %s", ca_file ? "CA file" : "the system CA store",
+                     file);
             goto fail;
         }
     }
@@ -261,7 +269,8 @@ struct tls *tls_client_create(SSL_CTX *ctx, struct outq *out, const char *sni, c
         SSL_set_tlsext_host_name(t->ssl, sni);
     if (verify_name != NULL) {
         unsigned char addr[16];
-        bool is_ip = inet_pton(AF_INET, verify_name, addr) == 1 || inet_pton(AF_INET6, verify_name, addr) == 1;
+        bool is_ip =
+            inet_pton(AF_INET, verify_name, addr) == 1 || inet_pton(AF_INET6, verify_name, addr) == 1;
         X509_VERIFY_PARAM *param = SSL_get0_param(t->ssl);
         if (is_ip)
             X509_VERIFY_PARAM_set1_ip_asc(param, verify_name);
@@ -357,7 +366,8 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
     if (t->is_failed)
         return UV_EPROTO;
     if (nread < 0) {
-        if (!t->is_ready) {
+        /* a client that connects and leaves (a port probe) did not fail TLS */
+        if (!t->is_ready && (t->has_input || !SSL_is_server(t->ssl))) {
             snprintf(t->err, sizeof(t->err), "connection closed during the handshake");
             t->is_failed = true;
             return UV_EPROTO;
@@ -368,6 +378,7 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
         return UV_EOF;
     if (nread == 0)
         return 0;
+    t->has_input = true;
     if (BIO_write(t->rbio, in->base, (int)nread) != (int)nread) {
         fail(t, SSL_ERROR_SSL);
         return UV_EPROTO;

@@ -49,7 +49,7 @@ void tls_global_init(void);
 SSL_CTX *tls_server_ctx_create(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
 /* A client context for upstream servers: ALPN http/1.1, peer verification
- * when verify (ca_file NULL = the system store), an optional client
+ * when verify (ca_file NULL = the system store, read now as one file), an optional client
  * certificate.  Sessions are handed to tls_session_cb. */
 SSL_CTX *tls_client_ctx_create(bool verify, const char *ca_file, const char *cert_file, const char *key_file,
                                char *err, size_t errlen);

@@ -488,7 +488,8 @@ static void up_fail(struct conn *c, enum stats_error why, int err)
     if (c->rstats != NULL)
         STATS_INC(c->rstats->errors[why]);
     const char *name = c->target->srv->key;
-    LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name, tls_why[0] ? tls_why : upstream_error_text(err));
+    LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name,
+                    tls_why[0] ? tls_why : upstream_error_text(err));
     if (c->rc != NULL && cached_upstream_failed(c))
         return;
     if (c->rs_head_sent) {
@@ -906,7 +907,8 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
             }
         }
         /* an alert after the handshake (TLS 1.3: a refused client certificate) */
-        up_fail(c, upstream_conn_tls_error(uc) != NULL ? STATS_ERR_TLS : STATS_ERR_UPSTREAM_CLOSED, (int)nread);
+        up_fail(c, upstream_conn_tls_error(uc) != NULL ? STATS_ERR_TLS : STATS_ERR_UPSTREAM_CLOSED,
+                (int)nread);
         return;
     }
     STATS_ADD(server_stats(c)->bytes_in, (uint64_t)nread);

@@ -103,7 +103,8 @@ int tlsgen_create(const struct conf *conf, FILE *err, struct tlsgen **out)
             has_tls |= u->servers[j].tls;
         if (!has_tls)
             continue;
-        SSL_CTX *ctx = tls_client_ctx_create(u->tls_verify, u->tls_ca, u->tls_cert, u->tls_key, why, sizeof(why));
+        SSL_CTX *ctx =
+            tls_client_ctx_create(u->tls_verify, u->tls_ca, u->tls_cert, u->tls_key, why, sizeof(why));
         if (ctx == NULL) {
             fprintf(err, "%s:%d: upstream %s: %s\n", u->pos.file, u->pos.line, u->name, why);
             nerrors++;
