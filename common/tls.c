@@ -17,10 +17,21 @@
 
 static const unsigned char alpn_http11[] = "\x08http/1.1";
 
+/* Ciphertext waiting to be written, in buf blocks. */
+struct cipher {
+    struct buf *blk;
+    size_t len;
+};
+
 struct tls {
     SSL *ssl;
-    BIO *rbio, *wbio; /* ciphertext in, ciphertext out */
     struct outq *out;
+    /* the read window: what this read brought and OpenSSL has not taken */
+    const char *in;
+    size_t in_len;
+    /* ciphertext written by OpenSSL, oldest first, not yet taken by outq */
+    struct cipher *wq;
+    size_t wq_head, wq_n, wq_cap, wq_bytes;
     tls_session_cb session_cb;
     void *session_arg;
     bool is_ready;
@@ -31,6 +42,7 @@ struct tls {
 };
 
 static int ex_index = -1;
+static BIO_METHOD *bio_method;
 
 /* Plaintext gathered into full records during one flush (a flush never
  * yields, so one buffer per thread serves every connection). */
@@ -38,10 +50,93 @@ static _Thread_local char stage[TLS_RECORD];
 static _Thread_local size_t stage_len;
 static _Thread_local char scratch[TLS_READ_MAX];
 
+/* The connection's BIO, both ways, instead of memory BIOs: reads come
+ * straight from the read buffer (OpenSSL keeps a partial record in its own
+ * buffer, released when empty), writes go straight into buf blocks that outq
+ * sends, so an idle connection holds no grown buffer and no byte is copied
+ * an extra time. */
+static int bio_read(BIO *b, char *out, int cap)
+{
+    struct tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (t->in_len == 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    size_t n = (size_t)cap < t->in_len ? (size_t)cap : t->in_len;
+    memcpy(out, t->in, n);
+    t->in += n;
+    t->in_len -= n;
+    return (int)n;
+}
+
+static int bio_write(BIO *b, const char *p, int len)
+{
+    struct tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    size_t left = (size_t)len;
+    while (left > 0) {
+        struct cipher *last = t->wq_n > 0 ? &t->wq[t->wq_head + t->wq_n - 1] : NULL;
+        if (last == NULL || last->len == BUF_SIZE) {
+            if (t->wq_head + t->wq_n == t->wq_cap) {
+                if (t->wq_head > 0) {
+                    memmove(t->wq, t->wq + t->wq_head, t->wq_n * sizeof(*t->wq));
+                    t->wq_head = 0;
+                } else {
+                    size_t cap = t->wq_cap ? t->wq_cap * 2 : 4;
+                    struct cipher *wq = realloc(t->wq, cap * sizeof(*wq));
+                    if (wq == NULL)
+                        return -1;
+                    t->wq = wq;
+                    t->wq_cap = cap;
+                }
+            }
+            last = &t->wq[t->wq_head + t->wq_n++];
+            last->blk = buf_get();
+            last->len = 0;
+        }
+        size_t n = BUF_SIZE - last->len < left ? BUF_SIZE - last->len : left;
+        memcpy(last->blk->data + last->len, p, n);
+        last->len += n;
+        t->wq_bytes += n;
+        p += n;
+        left -= n;
+    }
+    return len;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    struct tls *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return (long)t->in_len;
+    case BIO_CTRL_WPENDING:
+        return (long)t->wq_bytes;
+    default:
+        return 0;
+    }
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
 void tls_global_init(void)
 {
     OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
     ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sluice");
+    if (bio_method == NULL)
+        abort();
+    BIO_meth_set_read(bio_method, bio_read);
+    BIO_meth_set_write(bio_method, bio_write);
+    BIO_meth_set_ctrl(bio_method, bio_ctrl);
+    BIO_meth_set_create(bio_method, bio_create);
 }
 
 /* The last OpenSSL error as text, and the queue cleared.  A system error
@@ -229,19 +324,16 @@ static struct tls *tls_new(SSL_CTX *ctx, struct outq *out)
     if (t == NULL)
         return NULL;
     t->ssl = SSL_new(ctx);
-    t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
-    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+    BIO *bio = BIO_new(bio_method);
+    if (t->ssl == NULL || bio == NULL) {
         SSL_free(t->ssl);
-        BIO_free(t->rbio);
-        BIO_free(t->wbio);
+        BIO_free(bio);
         free(t);
         ERR_clear_error();
         return NULL;
     }
-    /* an empty read BIO means "wait for more", not end of file */
-    BIO_set_mem_eof_return(t->rbio, -1);
-    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    BIO_set_data(bio, t);
+    SSL_set_bio(t->ssl, bio, bio);
     SSL_set_ex_data(t->ssl, ex_index, t);
     t->out = out;
     out->tls = t;
@@ -287,7 +379,10 @@ void tls_destroy(struct tls *t)
 {
     if (t == NULL)
         return;
-    SSL_free(t->ssl); /* frees both BIOs */
+    SSL_free(t->ssl); /* frees the BIO */
+    for (size_t i = 0; i < t->wq_n; i++)
+        buf_unref(t->wq[t->wq_head + i].blk);
+    free(t->wq);
     free(t);
 }
 
@@ -379,10 +474,8 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
     if (nread == 0)
         return 0;
     t->has_input = true;
-    if (BIO_write(t->rbio, in->base, (int)nread) != (int)nread) {
-        fail(t, SSL_ERROR_SSL);
-        return UV_EPROTO;
-    }
+    t->in = in->base;
+    t->in_len = (size_t)nread;
     ERR_clear_error();
     if (!t->is_ready) {
         int r = SSL_do_handshake(t->ssl);
@@ -390,6 +483,7 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
             int e = SSL_get_error(t->ssl, r);
             if (e != SSL_ERROR_WANT_READ)
                 fail(t, e);
+            t->in_len = 0;
             outq_flush(t->out); /* the next flight, or the alert */
             return t->is_failed ? UV_EPROTO : 0;
         }
@@ -420,7 +514,8 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
         break;
     }
     /* a handshake's last flight, session tickets, alerts */
-    if (BIO_ctrl_pending(t->wbio) > 0)
+    t->in_len = 0; /* what is left after close_notify or an error is dropped */
+    if (t->wq_bytes > 0)
         outq_flush(t->out);
     if (t->is_failed) {
         buf_unref(blk);
@@ -502,14 +597,14 @@ int tls_seal_end(struct tls *t)
 
 struct buf *tls_cipher_take(struct tls *t, size_t *len)
 {
-    if (BIO_ctrl_pending(t->wbio) == 0)
+    if (t->wq_n == 0)
         return NULL;
-    struct buf *blk = buf_get();
-    int n = BIO_read(t->wbio, blk->data, BUF_SIZE);
-    if (n <= 0) {
-        buf_unref(blk);
-        return NULL;
-    }
-    *len = (size_t)n;
-    return blk;
+    struct cipher *c = &t->wq[t->wq_head];
+    t->wq_head++;
+    t->wq_n--;
+    if (t->wq_n == 0)
+        t->wq_head = 0;
+    t->wq_bytes -= c->len;
+    *len = c->len;
+    return c->blk;
 }

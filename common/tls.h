@@ -2,18 +2,19 @@
 /*
  * tls: TLS over libuv streams with OpenSSL, for both sides of the proxy.
  *
- * Design: an SSL object between two memory BIOs.  The stream carries
- * ciphertext; everything above it (the HTTP parsers, outq's callers) sees
- * plaintext.  Reading: a read lands in a per-thread scratch buffer sized so
- * that the plaintext it completes always fits one struct buf block
- * (TLS_READ_MAX), is fed to the read BIO, and SSL_read empties every complete
- * record into one block that goes to the connection's usual read handler.
- * So nothing decrypted is ever held back: pausing the socket read pauses the
- * plaintext too.  Writing: an outq with a tls encrypts on flush (see outq.h):
- * its pieces are gathered into full 16 KiB records, and the ciphertext is
- * written from buf blocks like any other batch, so outq_backlog still counts
- * the bytes the kernel refused.  Handshakes are driven by the reads; a
- * handshake's own output (and alerts) is flushed through the same outq.
+ * Design: an SSL object over a BIO of our own (memory BIOs would grow to the
+ * largest write and stay grown).  The stream carries ciphertext; everything
+ * above it (the HTTP parsers, outq's callers) sees plaintext.  Reading: a read
+ * lands in a per-thread scratch buffer sized so that the plaintext it
+ * completes always fits one struct buf block (TLS_READ_MAX); OpenSSL reads it
+ * from there, and SSL_read empties every complete record into one block that
+ * goes to the connection's usual read handler.  So nothing decrypted is ever
+ * held back: pausing the socket read pauses the plaintext too.  Writing: an
+ * outq with a tls encrypts on flush (see outq.h): its pieces are gathered
+ * into full 16 KiB records, whose ciphertext OpenSSL writes into buf blocks
+ * that go out like any other batch, so outq_backlog still counts the bytes
+ * the kernel refused.  Handshakes are driven by the reads; a handshake's own
+ * output (and alerts) is flushed through the same outq.
  *
  * Contexts (SSL_CTX) are made on the main thread at conf load (certificates
  * and keys are read there, never on a worker) and are then only read, which
