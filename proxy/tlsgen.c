@@ -19,6 +19,7 @@ struct tlsgen {
     struct tls_site *sites;
     size_t nsites;
     SSL_CTX **upstreams; /* parallel to conf->upstreams, NULL without tls servers */
+    SSL_CTX *loopback;   /* to our own TLS listeners */
     char **hosts;        /* Host values made by tlsgen_apply */
     size_t nhosts;
 };
@@ -64,7 +65,7 @@ int tlsgen_create(const struct conf *conf, FILE *err, struct tlsgen **out)
     if (nlistens == 0 && nups == 0)
         return 0;
     struct tlsgen *tg = xcalloc(1, sizeof(*tg));
-    tg->owned = xcalloc(nlistens + nups, sizeof(*tg->owned));
+    tg->owned = xcalloc(nlistens + nups + 1, sizeof(*tg->owned));
     tg->sites = xcalloc(nlistens, sizeof(*tg->sites));
     tg->upstreams = xcalloc(conf->nupstreams, sizeof(*tg->upstreams));
     int nerrors = 0;
@@ -94,6 +95,15 @@ int tlsgen_create(const struct conf *conf, FILE *err, struct tlsgen **out)
             }
             for (size_t k = 0; k < s->nnames; k++)
                 site->sni.v[site->sni.n++] = (struct tls_sni_entry){s->names[k], ctx};
+        }
+    }
+    if (tg->nsites > 0) {
+        tg->loopback = tls_client_ctx_create(false, NULL, NULL, NULL, why, sizeof(why));
+        if (tg->loopback == NULL) {
+            fprintf(err, "%s: %s\n", conf->path, why);
+            nerrors++;
+        } else {
+            tg->owned[tg->nowned++] = tg->loopback;
         }
     }
     for (size_t i = 0; i < conf->nupstreams; i++) {
@@ -171,6 +181,11 @@ void tlsgen_apply(struct tlsgen *tg, const struct conf *conf, struct upstream_gr
             t->tls_host = host;
         }
     }
+}
+
+SSL_CTX *tlsgen_loopback_ctx(const struct tlsgen *tg)
+{
+    return tg != NULL ? tg->loopback : NULL;
 }
 
 SSL_CTX *tlsgen_listen_ctx(const struct tlsgen *tg, const char *addr_text)

@@ -38,4 +38,9 @@ void tlsgen_apply(struct tlsgen *tg, const struct conf *conf, struct upstream_gr
  * NULL). */
 SSL_CTX *tlsgen_listen_ctx(const struct tlsgen *tg, const char *addr_text);
 
+/* A client context that trusts anything, for the requests a worker sends to
+ * its own TLS listeners (stale-while-revalidate refreshes); NULL without TLS
+ * listeners. */
+SSL_CTX *tlsgen_loopback_ctx(const struct tlsgen *tg);
+
 #endif

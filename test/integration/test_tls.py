@@ -424,3 +424,30 @@ def check_reports_bad_certificate_files():
     rc, err, path = check_conf(base + "server {\n listen 127.0.0.1:1 tls cert=%s key=%s;\n route / { upstream u; }\n}\n"
                                % (crt, key))
     eq(rc, 0, "a good certificate: %s" % err)
+
+
+@test(timeout=60)
+def stale_while_revalidate_refresh_reaches_a_tls_listener():
+    """The background refresh is sent by the worker to the listener the request came in on: over TLS here."""
+    def conf(env):
+        route = conf_block("route /", "upstream origin;\n" + conf_block("cache main", "stale_while_revalidate 30s;"))
+        return ("workers 1;\n" + conf_block("admin", "listen 127.0.0.1:%d;" % env.admin_port)
+                + conf_block("cache main", "memory 16m;")
+                + conf_block("upstream origin", "server %s;" % env.origin.addr)
+                + conf_block("server", "listen 127.0.0.1:%d;\nroute /plain { upstream origin; }" % env.port)
+                + conf_block("server", "listen 127.0.0.1:%d tls cert=%s key=%s;\n%s"
+                             % ((env.extra_ports[0],) + certs().server + (route,))))
+    env = Env(conf, extra_ports=1)
+    target = "/hello?cc=max-age=1&swr=%d" % time.monotonic_ns()
+    start = env.origin.count()["requests"]
+    with tls_client(env.extra_ports[0]) as c:
+        eq(c.get(target).header("X-Cache"), "MISS", "first answer")
+        time.sleep(1.6)
+        eq(c.get(target).header("X-Cache"), "STALE", "stale answer")
+    polls = [0]
+
+    def refreshed():
+        polls[0] += 1
+        # each /count is one more origin request; beyond them: the miss and the refresh
+        return env.origin.count()["requests"] - start - polls[0] >= 2
+    wait_until(refreshed, 5 * SLOW, what="the refresh to reach the origin")
