@@ -451,3 +451,26 @@ def stale_while_revalidate_refresh_reaches_a_tls_listener():
         # each /count is one more origin request; beyond them: the miss and the refresh
         return env.origin.count()["requests"] - start - polls[0] >= 2
     wait_until(refreshed, 5 * SLOW, what="the refresh to reach the origin")
+
+
+@test
+def websocket_tunnel_over_tls_both_sides():
+    origin = tls_origin()
+    port, admin = free_port(), free_port()
+    crt, key = certs().server
+    conf = ("workers 1;\n" + conf_block("admin", "listen 127.0.0.1:%d;" % admin)
+            + conf_block("upstream origin", "server %s tls;\ntls_ca %s;" % (origin.addr, certs().ca))
+            + conf_block("server", "listen 127.0.0.1:%d tls cert=%s key=%s;\nroute / { upstream origin; }"
+                         % (port, crt, key)))
+    Sluice(conf, ports=[port], admin_port=admin)
+    with tls_client(port) as c:
+        c.send(build_request("GET", "/ws", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                                            ("Sec-WebSocket-Version", "13")]))
+        r = c.read_response()
+        eq(r.status, 101, "status")
+        c.send(b"ping-1")
+        eq(c.read_exact(6), b"ping-1", "small echo")
+        data = os.urandom(256 * 1024)
+        c.send(data)
+        eq(c.read_exact(len(data)), data, "256 KiB echo")
