@@ -513,8 +513,8 @@ ssize_t tls_read(struct tls *t, ssize_t nread, const uv_buf_t *in, uv_buf_t *pla
         fail(t, e);
         break;
     }
-    /* a handshake's last flight, session tickets, alerts */
     t->in_len = 0; /* what is left after close_notify or an error is dropped */
+    /* a handshake's last flight, session tickets, alerts */
     if (t->wq_bytes > 0)
         outq_flush(t->out);
     if (t->is_failed) {
