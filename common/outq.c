@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/tls.h"
+
 #define OUTQ_MAX_BUFS 32
 #define OUTQ_SCRATCH 1024
 #define OUTQ_FREELIST_MAX 256
@@ -186,16 +188,12 @@ static void on_write(uv_write_t *req, int status)
         q->done_cb(q, status);
 }
 
-int outq_flush(struct outq *q)
+/* Writes a batch: at once what the kernel takes, the rest through uv_write. */
+static int write_batch(struct outq *q, struct outq_batch *b)
 {
-    struct outq_batch *b = q->cur;
-    if (b == NULL || b->nbufs == 0)
-        return 0;
-    q->cur = NULL;
     size_t total = 0;
     for (unsigned i = 0; i < b->nbufs; i++)
         total += b->bufs[i].len;
-    q->bytes_written += total;
     unsigned first = 0;
     if (q->inflight == 0) {
         int n = uv_try_write(q->stream, b->bufs, b->nbufs);
@@ -223,4 +221,57 @@ int outq_flush(struct outq *q)
     }
     q->inflight++;
     return 0;
+}
+
+/* Encrypts the queued pieces, then writes whatever ciphertext is waiting
+ * (also a handshake's or an alert's, with nothing queued). */
+static int flush_tls(struct outq *q)
+{
+    struct outq_batch *b = q->cur;
+    int rc = 0;
+    q->cur = NULL;
+    if (b != NULL) {
+        for (unsigned i = 0; i < b->nbufs && rc == 0; i++) {
+            q->bytes_written += b->bufs[i].len;
+            rc = tls_seal(q->tls, b->bufs[i].base, b->bufs[i].len);
+        }
+        batch_put(b);
+    }
+    int end = tls_seal_end(q->tls);
+    if (rc == 0)
+        rc = end;
+    struct outq_batch *cb = NULL;
+    struct buf *blk;
+    size_t len;
+    while ((blk = tls_cipher_take(q->tls, &len)) != NULL) {
+        if (cb == NULL)
+            cb = batch_get(q);
+        cb->bufs[cb->nbufs++] = uv_buf_init(blk->data, (unsigned)len);
+        cb->refs[cb->nrefs++] = (struct outq_ref){release_buf, blk};
+        if (cb->nbufs == OUTQ_MAX_BUFS) {
+            int w = write_batch(q, cb);
+            cb = NULL;
+            if (rc == 0)
+                rc = w;
+        }
+    }
+    if (cb != NULL) {
+        int w = write_batch(q, cb);
+        if (rc == 0)
+            rc = w;
+    }
+    return rc;
+}
+
+int outq_flush(struct outq *q)
+{
+    if (q->tls != NULL)
+        return flush_tls(q);
+    struct outq_batch *b = q->cur;
+    if (b == NULL || b->nbufs == 0)
+        return 0;
+    q->cur = NULL;
+    for (unsigned i = 0; i < b->nbufs; i++)
+        q->bytes_written += b->bufs[i].len;
+    return write_batch(q, b);
 }

@@ -10,6 +10,11 @@
  * callback.  Batches come from a per-thread freelist, so steady traffic
  * allocates nothing.
  *
+ * TLS: with `tls` set (tls_server_create / tls_client_create do it), a flush
+ * encrypts what was queued (its refs are released at once: the bytes were
+ * copied into records) and writes the ciphertext the same way.  A plain outq
+ * pays one NULL check.
+ *
  * Threading: one loop thread; the stream's owner serialises calls.
  */
 #ifndef SLUICE_OUTQ_H
@@ -28,6 +33,7 @@ struct outq;
 typedef void (*outq_done_cb)(struct outq *q, int status);
 
 struct outq_batch;
+struct tls;
 
 struct outq {
     uv_stream_t *stream;
@@ -36,6 +42,7 @@ struct outq {
     struct outq_batch *cur; /* being filled, not yet flushed */
     unsigned inflight;      /* uv_writes not yet completed */
     uint64_t bytes_written; /* accepted by the kernel or queued, for stats */
+    struct tls *tls;        /* NULL: plain stream */
 };
 
 void outq_init(struct outq *q, uv_stream_t *stream, outq_done_cb cb, void *owner);
@@ -57,7 +64,8 @@ void outq_add_static(struct outq *q, const char *p, size_t len);
 void outq_add_copy(struct outq *q, const char *p, size_t len);
 
 bool outq_has_pending(const struct outq *q);
-/* Bytes waiting in the kernel-refused queue (backpressure signal). */
+/* Bytes waiting in the kernel-refused queue (backpressure signal; ciphertext
+ * on a TLS stream, which holds nothing back between flushes). */
 size_t outq_backlog(const struct outq *q);
 /* Writes what was queued.  0 or a negative errno (then the stream is broken). */
 int outq_flush(struct outq *q);

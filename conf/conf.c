@@ -150,7 +150,7 @@ static const unsigned cache_methods[] = {HTTP_GET, HTTP_HEAD, HTTP_POST};
 /* Directives of later features (CONF.md): known, so they get a better error
  * than "unknown". */
 static const char *const future_directives[] = {
-    "analytics", "access_log", "tls_verify", "tls_ca", NULL,
+    "analytics", "access_log", NULL,
 };
 
 _Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
@@ -732,6 +732,8 @@ static void parse_upstream(struct build *b, const struct conf_node *n, const str
         conf_report(b->ld, &n->pos, "upstream \"%s\" has no server", name);
     else if (u->nservers > 0 && nbackup == u->nservers)
         conf_report(b->ld, &n->pos, "upstream \"%s\" has only backup servers", name);
+    if ((u->tls_cert == NULL) != (u->tls_key == NULL))
+        conf_report(b->ld, &n->pos, "upstream \"%s\": tls_cert and tls_key go together", name);
     REPORT_REPEATS(b, "server", u->servers, u->nservers, name);
     if (u->nservers > CONF_MAX_UPSTREAM_SERVERS) /* the balancing pick keeps its candidates on the stack */
         conf_report(b->ld, &n->pos, "upstream \"%s\" has %zu servers (at most %d)", name, u->nservers,
@@ -1112,6 +1114,39 @@ static void print_health_check(FILE *out, int indent, const struct directive *d,
     print_word(out, h->path);
     fprintf(out, " interval=%s timeout=%s rise=%u fall=%u;\n", format_value(i, h->interval_ms, &durations),
             format_value(t, h->timeout_ms, &durations), h->rise, h->fall);
+}
+
+/* tls_ca / tls_cert / tls_key: a file, relative to the conf file that names it. */
+static void parse_tls_file(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    char **dst = field(obj, d);
+    if (n->argv[1][0] == '\0') {
+        conf_report(b->ld, &n->pos, "%s: empty file name", n->argv[0]);
+        return;
+    }
+    free(*dst);
+    *dst = conf_path_resolve(n->pos.file, n->argv[1]);
+}
+
+static void parse_tls_sni(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    char **dst = field(obj, d);
+    if (!is_host(n->argv[1])) {
+        conf_report(b->ld, &n->pos, "tls_sni: invalid host name \"%s\"", n->argv[1]);
+        return;
+    }
+    free(*dst);
+    *dst = conf_xstrdup(n->argv[1]);
+}
+
+static void print_tls_string(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const char *v = *(char *const *)cfield(obj, d);
+    if (v == NULL)
+        return;
+    fprintf(out, "%*s%s ", indent * 4, "", d->name);
+    print_word(out, v);
+    fputs(";\n", out);
 }
 
 /* --- server --- */
@@ -2257,6 +2292,16 @@ static const struct directive directives[] = {
                "off"),
     DIR_CUSTOM("health_check", CTX_UPSTREAM, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_health_check,
                print_health_check, NULL),
+    /* TLS to upstream servers */
+    DIR_FLAG("tls_verify", CTX_UPSTREAM, struct conf_upstream, tls_verify, "on"),
+    DIR_VALUE("tls_ca", CTX_UPSTREAM, parse_tls_file, print_tls_string, NULL, struct conf_upstream, tls_ca, 0,
+              0, NULL),
+    DIR_VALUE("tls_cert", CTX_UPSTREAM, parse_tls_file, print_tls_string, NULL, struct conf_upstream, tls_cert,
+              0, 0, NULL),
+    DIR_VALUE("tls_key", CTX_UPSTREAM, parse_tls_file, print_tls_string, NULL, struct conf_upstream, tls_key, 0,
+              0, NULL),
+    DIR_VALUE("tls_sni", CTX_UPSTREAM, parse_tls_sni, print_tls_string, NULL, struct conf_upstream, tls_sni, 0,
+              0, NULL),
 
     DIR_SIZE("memory", CTX_CACHE, struct conf_cache, memory, MIB, 1024 * GIB, "256m"),
     DIR_SIZE("max_object", CTX_CACHE, struct conf_cache, max_object, 1, 128 * GIB, "8m"),
@@ -2561,6 +2606,10 @@ static void conf_free(struct conf *conf)
         free(u->servers);
         free(u->name);
         free(u->health.path);
+        free(u->tls_ca);
+        free(u->tls_cert);
+        free(u->tls_key);
+        free(u->tls_sni);
     }
     free(conf->upstreams);
     for (size_t i = 0; i < conf->ncaches; i++)

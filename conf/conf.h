@@ -96,7 +96,7 @@ struct conf_listen {
     socklen_t addrlen;
     char *text; /* "127.0.0.1:8080" as normalised text */
     bool tls;
-    char *tls_cert; /* tls cert=FILE key=FILE (issue 7; parsed, not yet served) */
+    char *tls_cert; /* tls cert=FILE key=FILE (PEM) */
     char *tls_key;
     struct conf_pos pos;
 };
@@ -177,6 +177,12 @@ struct conf_upstream {
     struct conf_health_check health;
     struct conf_max_inflight max_inflight; /* issue 5: shared by every route using this upstream */
     struct conf_pos pos;
+    /* TLS to the servers marked `tls` (README "TLS") */
+    bool tls_verify;  /* check the chain and the host name, default on */
+    char *tls_ca;     /* trusted CAs (PEM file); NULL = the system store */
+    char *tls_cert;   /* client certificate chain (PEM), with tls_key; NULL = none */
+    char *tls_key;
+    char *tls_sni;    /* SNI and the name verified; NULL = the server's host when it is a name */
 };
 
 /* `cache NAME { memory; max_object; }` at top level: one store per name,

@@ -21,6 +21,7 @@
 
 #include "common/log.h"
 #include "proxy/conn.h"
+#include "proxy/tlsgen.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 
@@ -289,6 +290,8 @@ struct refresh {
     uv_connect_t connect_req;
     uv_write_t write_req;
     int open_handles;
+    struct outq out;  /* TLS listener: the request goes through it, encrypted */
+    struct tls *tls;  /* NULL: plain listener */
     size_t len;
     char data[]; /* the request */
 };
@@ -296,8 +299,11 @@ struct refresh {
 static void refresh_closed(uv_handle_t *h)
 {
     struct refresh *r = h->data;
-    if (--r->open_handles == 0)
-        free(r);
+    if (--r->open_handles > 0)
+        return;
+    outq_dispose(&r->out);
+    tls_destroy(r->tls);
+    free(r);
 }
 
 static void refresh_close(struct refresh *r)
@@ -327,11 +333,38 @@ static void refresh_written(uv_write_t *req, int status)
         refresh_close(r);
 }
 
+/* A TLS listener: the request goes once the handshake is done; what comes
+ * back is dropped like the plain answer. */
+static void refresh_read_tls(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct refresh *r = s->data;
+    bool was_ready = tls_is_ready(r->tls);
+    uv_buf_t plain;
+    ssize_t n = tls_read(r->tls, nread, b, &plain);
+    if (n < 0) {
+        refresh_close(r);
+        return;
+    }
+    if (n > 0)
+        buf_unref((struct buf *)(plain.base - offsetof(struct buf, data)));
+    if (!was_ready && tls_is_ready(r->tls)) {
+        outq_add_copy(&r->out, r->data, r->len);
+        if (outq_flush(&r->out) != 0)
+            refresh_close(r);
+    }
+}
+
 static void refresh_connected(uv_connect_t *req, int status)
 {
     struct refresh *r = req->data;
     if (status != 0) {
         refresh_close(r);
+        return;
+    }
+    if (r->tls != NULL) {
+        if (uv_read_start((uv_stream_t *)&r->tcp, tls_alloc_cb, refresh_read_tls) != 0 ||
+            tls_handshake_start(r->tls) != 0)
+            refresh_close(r);
         return;
     }
     uv_buf_t b = uv_buf_init(r->data, (unsigned)r->len);
@@ -382,6 +415,14 @@ static void refresh_start(struct conn *c)
     uv_timer_init(&c->w->loop, &r->timer);
     r->tcp.data = r->timer.data = r->connect_req.data = r;
     r->open_handles = 2;
+    outq_init(&r->out, (uv_stream_t *)&r->tcp, NULL, r);
+    r->tls = NULL;
+    SSL_CTX *loopback = c->tls != NULL ? tlsgen_loopback_ctx(c->gen->tls) : NULL;
+    if (loopback != NULL &&
+        (r->tls = tls_client_create(loopback, &r->out, NULL, NULL, NULL, NULL, NULL)) == NULL) {
+        refresh_close(r);
+        return;
+    }
     uv_timer_start(&r->timer, refresh_timeout, REFRESH_TIMEOUT_MS, 0);
     if (uv_tcp_connect(&r->connect_req, &r->tcp, (const struct sockaddr *)&local, refresh_connected) != 0)
         refresh_close(r);

@@ -16,6 +16,7 @@
 #include "common/buf.h"
 #include "common/outq.h"
 #include "common/strbuf.h"
+#include "common/tls.h"
 #include "proxy/headers.h"
 #include "proxy/proxy.h"
 
@@ -152,6 +153,10 @@ struct conn {
     bool has_lbest;
     char extra_lines[320];        /* RateLimit-* / Retry-After lines for this response */
     size_t extra_len;
+
+    /* TLS listener (README "TLS"): reads are decrypted before conn_on_read,
+     * c->out encrypts; NULL on a plain connection */
+    struct tls *tls;
 };
 
 /* A request body held whole.  Refcounted: the request holds one reference,

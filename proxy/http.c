@@ -37,6 +37,7 @@
 #include "common/strbuf.h"
 #include "breaker/retry.h"
 #include "proxy/conn.h"
+#include "proxy/tlsgen.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define OUT_LOW_WATER (64 * 1024)
@@ -213,6 +214,7 @@ void conn_unref(struct conn *c)
         return;
     struct worker *w = c->w;
     outq_dispose(&c->out);
+    tls_destroy(c->tls);
     head_dispose(&c->rq);
     head_dispose(&c->rs);
     head_dispose(&c->saved_rs);
@@ -318,6 +320,8 @@ static void conn_close_gracefully(struct conn *c)
         c->pend = NULL;
     }
     timer_set(c, TK_LINGER, c->srv ? c->srv->send_timeout_ms : 60000);
+    if (c->tls != NULL)
+        tls_shutdown(c->tls);
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
         conn_close(c);
@@ -655,6 +659,9 @@ static void respond_saved(struct conn *c)
 static void up_fail(struct conn *c, enum stats_error why, int err)
 {
     struct stats_counters *ss = server_stats(c);
+    char tls_why[200] = "";
+    if (why == STATS_ERR_TLS)
+        snprintf(tls_why, sizeof(tls_why), "%s", upstream_conn_tls_error(c->uc));
     bool stale = c->up_reused && !c->rs_started && !c->retried && method_is_idempotent(c->method) &&
                  !c->rq_has_body && (why == STATS_ERR_UPSTREAM_CLOSED);
     if (stale) {
@@ -673,7 +680,8 @@ static void up_fail(struct conn *c, enum stats_error why, int err)
     if (c->rstats != NULL)
         STATS_INC(c->rstats->errors[why]);
     const char *name = c->target->srv->key;
-    LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name, upstream_error_text(err));
+    LOG_RATELIMITED(LOG_WARN, "proxy", "upstream %s: %s", name,
+                    tls_why[0] ? tls_why : upstream_error_text(err));
     if (!c->rs_head_sent && retry_plan(c, retry_condition(why), 0, 0)) {
         retry_schedule(c);
         return;
@@ -705,6 +713,9 @@ static void up_fail(struct conn *c, enum stats_error why, int err)
     case STATS_ERR_CONNECT:
         respond_error(c, 502, "upstream %s: connect failed: %s (try %u)", name, upstream_error_text(err), c->tries);
         break;
+    case STATS_ERR_TLS:
+        respond_error(c, 502, "upstream %s: TLS handshake failed: %s", name, tls_why);
+        break;
     default:
         respond_error(c, 502, "upstream %s: %s before a complete response head (try %u)", name,
                       upstream_error_text(err), c->tries);
@@ -721,7 +732,7 @@ static void up_on_connect(struct upstream_conn *uc, int status)
     if (c == NULL)
         return;
     if (status != 0) {
-        up_fail(c, STATS_ERR_CONNECT, status);
+        up_fail(c, upstream_conn_tls_error(uc) != NULL ? STATS_ERR_TLS : STATS_ERR_CONNECT, status);
         return;
     }
     up_send_request(c);
@@ -909,9 +920,9 @@ static void up_send_request(struct conn *c)
         .drop_conditional = c->entry != NULL,
         .extra = validators != NULL || c->idem_key[0] != '\0' ? extra : NULL,
         .method = llhttp_method_name(c->method),
-        .host = c->host[0] ? c->host : c->target->conf->name,
+        .host = c->host[0] ? c->host : (c->target->tls_host ? c->target->tls_host : c->target->conf->name),
         .client_ip = c->peer,
-        .proto = "http",
+        .proto = c->tls != NULL ? "https" : "http",
         .via = c->srv->via,
         .ops = c->route->req_ops,
         .nops = c->route->nreq_ops,
@@ -1334,7 +1345,9 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
                 return;
             }
         }
-        up_fail(c, STATS_ERR_UPSTREAM_CLOSED, (int)nread);
+        /* an alert after the handshake (TLS 1.3: a refused client certificate) */
+        up_fail(c, upstream_conn_tls_error(uc) != NULL ? STATS_ERR_TLS : STATS_ERR_UPSTREAM_CLOSED,
+                (int)nread);
         return;
     }
     STATS_ADD(server_stats(c)->bytes_in, (uint64_t)nread);
@@ -1844,11 +1857,30 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     parse_pending(c);
 }
 
+/* A TLS client's reads: plaintext goes on to conn_on_read, one block per
+ * read (see tls.h), so pausing reads still pauses the parser's input. */
+static void conn_on_tls_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    uv_buf_t plain = uv_buf_init(NULL, 0);
+    ssize_t n = tls_read(c->tls, nread, b, &plain);
+    if (n == UV_EPROTO) {
+        STATS_INC(c->w->proc->errors[STATS_ERR_TLS]);
+        log_debug("proxy", "TLS from %s: %s", c->peer, tls_error(c->tls));
+    }
+    if (n != 0 && !c->is_closing)
+        conn_on_read(s, n, &plain);
+    else if (plain.base != NULL)
+        buf_unref((struct buf *)(plain.base - offsetof(struct buf, data)));
+}
+
 static void conn_read_start(struct conn *c)
 {
     if (c->is_reading || c->is_closing)
         return;
-    if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
+    int rc = c->tls != NULL ? uv_read_start((uv_stream_t *)&c->tcp, tls_alloc_cb, conn_on_tls_read)
+                            : uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read);
+    if (rc == 0)
         c->is_reading = true;
 }
 
@@ -1939,6 +1971,11 @@ void conn_accept(struct listener *l)
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
     c->state = CS_IDLE;
+    SSL_CTX *tls_ctx = tlsgen_listen_ctx(c->gen->tls, l->addr_text);
+    if (tls_ctx != NULL && (c->tls = tls_server_create(tls_ctx, &c->out)) == NULL) {
+        conn_close(c);
+        return;
+    }
     /* the admin listener stays reachable when the proxy is full: that is
      * when an operator needs /stats */
     if ((open > proxy_info.max_connections && !l->is_admin) || w->is_draining) {

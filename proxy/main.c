@@ -20,8 +20,10 @@
 
 #include "cache/cache.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "proxy/proxy.h"
 #include "upstream/health.h"
+#include "proxy/tlsgen.h"
 
 struct proxy_info proxy_info;
 
@@ -44,6 +46,7 @@ static struct {
     bool started, draining, reloading;
     int exit_code;
     struct health_checks *health;
+    struct tlsgen *loaded_tls; /* of the conf being resolved, for its generation */
 } M;
 
 struct proxy_gen *proxy_gen_ref(struct proxy_gen *g)
@@ -60,11 +63,12 @@ void proxy_gen_unref(struct proxy_gen *g)
         free(g->routes[i].name);
     free(g->routes);
     upstream_groups_free(g->groups, g->conf->nupstreams);
+    tlsgen_free(g->tls);
     conf_unref(g->conf);
     free(g);
 }
 
-static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *groups)
+static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *groups, struct tlsgen *tls)
 {
     struct proxy_gen *g = calloc(1, sizeof(*g));
     size_t n = 0;
@@ -76,6 +80,8 @@ static struct proxy_gen *gen_create(struct conf *conf, struct upstream_group *gr
     atomic_init(&g->refs, 1);
     g->conf = conf;
     g->groups = groups;
+    g->tls = tls;
+    tlsgen_apply(tls, conf, groups);
     for (size_t i = 0; i < conf->nservers; i++) {
         struct conf_server *s = &conf->servers[i];
         const char *sname = s->nnames ? s->names[0] : s->listens[0].text;
@@ -236,33 +242,13 @@ static int publish(struct proxy_gen *g)
 
 /* ---- start, reload ---- */
 
-/* The conf language already has TLS (listeners and upstream servers) so
- * that confs keep working when it lands; until then the proxy refuses such a
- * conf rather than speak plain text where TLS was asked for. */
-static int refuse_unsupported(const struct conf *conf, FILE *err)
-{
-    int n = 0;
-    for (size_t i = 0; i < conf->nservers; i++)
-        for (size_t j = 0; j < conf->servers[i].nlistens; j++) {
-            const struct conf_listen *l = &conf->servers[i].listens[j];
-            if (l->tls && ++n)
-                fprintf(err, "%s:%d: listen %s: tls is not supported yet\n", l->pos.file, l->pos.line, l->text);
-        }
-    for (size_t i = 0; i < conf->nupstreams; i++)
-        for (size_t j = 0; j < conf->upstreams[i].nservers; j++) {
-            const struct conf_upstream_server *s = &conf->upstreams[i].servers[j];
-            if (s->tls && ++n)
-                fprintf(err, "%s:%d: server %s: tls upstreams are not supported yet\n", s->pos.file, s->pos.line,
-                        s->name);
-        }
-    return n;
-}
-
-static struct conf *load(FILE *err)
+/* Loads the conf and everything it names (certificates, keys, CAs), so a
+ * bad file is a conf error at -t, start and reload alike. */
+static struct conf *load(FILE *err, struct tlsgen **tls)
 {
     struct conf *conf = M.conf_path == NULL ? conf_load_string(conf_embedded_default, "(embedded default)", err)
                                             : conf_load_file(M.conf_path, err);
-    if (conf != NULL && refuse_unsupported(conf, err) > 0) {
+    if (conf != NULL && tlsgen_create(conf, err, tls) > 0) {
         conf_unref(conf);
         return NULL;
     }
@@ -291,9 +277,12 @@ static void begin_shutdown(bool force);
 static void on_groups(void *arg, struct upstream_group *groups, const char *error)
 {
     struct conf *conf = arg;
+    struct tlsgen *tls = M.loaded_tls;
+    M.loaded_tls = NULL;
     M.reloading = false;
     if (groups == NULL) {
         log_error("main", "%s", error);
+        tlsgen_free(tls);
         conf_unref(conf);
         if (!M.started) {
             M.exit_code = 1;
@@ -306,10 +295,11 @@ static void on_groups(void *arg, struct upstream_group *groups, const char *erro
     }
     if (M.draining) {
         upstream_groups_free(groups, conf->nupstreams);
+        tlsgen_free(tls);
         conf_unref(conf);
         return;
     }
-    struct proxy_gen *g = gen_create(conf, groups);
+    struct proxy_gen *g = gen_create(conf, groups, tls);
     if (!M.started)
         start_workers(conf->workers);
     if (publish(g) != 0) {
@@ -340,7 +330,8 @@ static void reload(void)
     if (M.reloading || M.draining)
         return;
     log_info("main", "SIGHUP: reloading %s", M.conf_path ? M.conf_path : "(embedded default)");
-    struct conf *conf = load(stderr);
+    struct tlsgen *tls = NULL;
+    struct conf *conf = load(stderr, &tls);
     if (conf == NULL) {
         atomic_fetch_add(&proxy_info.reloads_failed, 1);
         log_error("main", "reload failed: keeping the running configuration");
@@ -349,6 +340,7 @@ static void reload(void)
     if (conf->workers != M.nworkers)
         log_warn("main", "workers %u -> %u takes effect only after a restart", M.nworkers, conf->workers);
     M.reloading = true;
+    M.loaded_tls = tls;
     upstream_groups_build(&M.loop, conf, on_groups, conf);
 }
 
@@ -435,7 +427,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    struct conf *conf = load(stderr);
+    tls_global_init();
+    struct tlsgen *tls = NULL;
+    struct conf *conf = load(stderr, &tls);
     if (conf == NULL) {
         fprintf(stderr, "sluice: configuration %s has errors\n", M.conf_path ? M.conf_path : "(embedded)");
         return 1;
@@ -443,6 +437,7 @@ int main(int argc, char **argv)
     if (test_only) {
         conf_print(conf, stdout);
         fprintf(stderr, "sluice: configuration %s is valid\n", M.conf_path ? M.conf_path : "(embedded)");
+        tlsgen_free(tls);
         conf_unref(conf);
         return 0;
     }
@@ -461,6 +456,7 @@ int main(int argc, char **argv)
     uv_signal_start(&M.sig_term, on_signal, SIGTERM);
     uv_signal_start(&M.sig_int, on_signal, SIGINT);
     uv_signal_start(&M.sig_hup, on_signal, SIGHUP);
+    M.loaded_tls = tls;
     upstream_groups_build(&M.loop, conf, on_groups, conf);
     uv_run(&M.loop, UV_RUN_DEFAULT);
 

@@ -33,6 +33,7 @@
 #define SLUICE_VERSION "0.1.0"
 
 struct cache;
+struct tlsgen;
 
 struct route_rt {
     char *name; /* stats key: "<server name or listen>/<prefix>" */
@@ -55,6 +56,7 @@ struct proxy_gen {
     struct upstream_group *groups; /* parallel to conf->upstreams */
     struct route_rt *routes;
     size_t nroutes;
+    struct tlsgen *tls; /* certificates and TLS contexts of this conf, NULL without TLS */
 };
 
 struct proxy_gen *proxy_gen_ref(struct proxy_gen *g);

@@ -41,6 +41,7 @@ const char *const stats_error_names[STATS_ERR__COUNT] = {
     [STATS_ERR_NO_ROUTE] = "no_route",
     [STATS_ERR_DEADLINE] = "deadline",
     [STATS_ERR_BREAKER_OPEN] = "breaker_open",
+    [STATS_ERR_TLS] = "tls",
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;

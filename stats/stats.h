@@ -33,6 +33,7 @@ enum stats_error {
     STATS_ERR_NO_ROUTE,        /* no route matched: 404 */
     STATS_ERR_DEADLINE,        /* the route's deadline passed before a response head */
     STATS_ERR_BREAKER_OPEN,    /* every server's breaker was open: answered without trying */
+    STATS_ERR_TLS,             /* TLS handshake failed (client side or upstream, e.g. verification) */
     STATS_ERR__COUNT
 };
 

@@ -321,10 +321,19 @@ struct upstream_target *upstream_group_pick(struct upstream_group *g, uint64_t t
 
 /* ---- per-worker connection pools ---- */
 
+/* The last session a server gave this worker, and the context it was made
+ * with (held, so that a session is never offered under another conf's
+ * verification settings). */
+struct pool_session {
+    SSL_SESSION *sess;
+    SSL_CTX *ctx;
+};
+
 struct upstream_pool {
     uv_loop_t *loop;
     struct list *idle; /* per server id */
     unsigned *nidle;
+    struct pool_session *sessions; /* per server id */
     unsigned nservers;
     unsigned live; /* connections not yet freed */
     bool is_destroyed;
@@ -346,7 +355,8 @@ static void pool_grow(struct upstream_pool *p, unsigned id)
     unsigned n = id + 16;
     p->idle = realloc(p->idle, n * sizeof(*p->idle));
     p->nidle = realloc(p->nidle, n * sizeof(*p->nidle));
-    if (p->idle == NULL || p->nidle == NULL)
+    p->sessions = realloc(p->sessions, n * sizeof(*p->sessions));
+    if (p->idle == NULL || p->nidle == NULL || p->sessions == NULL)
         abort();
     /* realloc moved the list heads: relink the idle entries to their new head */
     for (unsigned i = 0; i < p->nservers; i++) {
@@ -360,6 +370,7 @@ static void pool_grow(struct upstream_pool *p, unsigned id)
     for (unsigned i = p->nservers; i < n; i++) {
         list_init(&p->idle[i]);
         p->nidle[i] = 0;
+        p->sessions[i] = (struct pool_session){0};
     }
     p->nservers = n;
 }
@@ -367,6 +378,11 @@ static void pool_grow(struct upstream_pool *p, unsigned id)
 static void pool_maybe_free(struct upstream_pool *p)
 {
     if (p->is_destroyed && p->live == 0) {
+        for (unsigned i = 0; i < p->nservers; i++) {
+            SSL_SESSION_free(p->sessions[i].sess);
+            SSL_CTX_free(p->sessions[i].ctx);
+        }
+        free(p->sessions);
         free(p->idle);
         free(p->nidle);
         free(p);
@@ -380,6 +396,7 @@ static void on_conn_closed(uv_handle_t *h)
         return;
     struct upstream_pool *p = uc->pool;
     outq_dispose(&uc->out);
+    tls_destroy(uc->tls);
     free(uc);
     p->live--;
     pool_maybe_free(p);
@@ -403,6 +420,8 @@ void upstream_conn_close(struct upstream_conn *uc)
     uc->owner = NULL;
     uc->out.owner = NULL;
     uc->out.done_cb = NULL;
+    if (uc->tls != NULL)
+        tls_shutdown(uc->tls);
     uv_close((uv_handle_t *)&uc->tcp, on_conn_closed);
     uv_close((uv_handle_t *)&uc->timer, on_conn_closed);
 }
@@ -424,6 +443,17 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 
 /* An idle connection must not receive anything: data or EOF means the origin
  * closed it (or broke the protocol), so it can never be reused. */
+static void dispatch(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
+{
+    if (uc->owner != NULL && uc->on_read != NULL) {
+        uc->on_read(uc, nread, blk);
+        return;
+    }
+    if (blk != NULL)
+        buf_unref(blk);
+    upstream_conn_close(uc);
+}
+
 static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct upstream_conn *uc = s->data;
@@ -435,20 +465,35 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         if (nread == 0)
             return;
     }
-    if (uc->owner != NULL && uc->on_read != NULL) {
-        uc->on_read(uc, nread, blk);
-        return;
+    dispatch(uc, nread, blk);
+}
+
+/* Ciphertext in; the handshake's end is the connect callback; plaintext goes
+ * where plain reads go.  Session tickets and the like yield nothing, so an
+ * idle connection is closed only by data or the peer's close. */
+static void conn_read_tls(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct upstream_conn *uc = s->data;
+    bool was_ready = tls_is_ready(uc->tls);
+    uv_buf_t plain;
+    ssize_t n = tls_read(uc->tls, nread, b, &plain);
+    if (!was_ready) {
+        if (n < 0 || tls_is_ready(uc->tls))
+            uc->connect_cb(uc, n < 0 ? (int)n : 0);
+        if (n <= 0 || uc->is_closing)
+            return;
     }
-    if (blk != NULL)
-        buf_unref(blk);
-    upstream_conn_close(uc);
+    if (n == 0)
+        return;
+    dispatch(uc, n, n > 0 ? (struct buf *)(plain.base - offsetof(struct buf, data)) : NULL);
 }
 
 int upstream_conn_read_start(struct upstream_conn *uc)
 {
     if (uc->is_reading)
         return 0;
-    int rc = uv_read_start((uv_stream_t *)&uc->tcp, conn_alloc, conn_read);
+    int rc = uc->tls != NULL ? uv_read_start((uv_stream_t *)&uc->tcp, tls_alloc_cb, conn_read_tls)
+                             : uv_read_start((uv_stream_t *)&uc->tcp, conn_alloc, conn_read);
     uc->is_reading = rc == 0;
     return rc;
 }
@@ -476,7 +521,8 @@ struct upstream_conn *upstream_pool_take(struct upstream_pool *p, const struct u
     struct list *it;
     for (it = p->idle[id].prev; it != &p->idle[id]; it = it->prev) {
         struct upstream_conn *uc = LIST_ENTRY(it, struct upstream_conn, link);
-        if (uc->addrlen != t->addrlen || memcmp(&uc->addr, &t->addr, t->addrlen) != 0)
+        if (uc->addrlen != t->addrlen || memcmp(&uc->addr, &t->addr, t->addrlen) != 0 ||
+            (uc->tls != NULL) != (t->tls_ctx != NULL))
             continue;
         unlink_idle(uc);
         uv_timer_stop(&uc->timer);
@@ -490,7 +536,42 @@ static void on_connect(uv_connect_t *req, int status)
     struct upstream_conn *uc = req->data;
     if (uc->is_closing)
         return;
+    if (status == 0 && uc->tls != NULL) {
+        status = upstream_conn_read_start(uc);
+        if (status == 0)
+            status = tls_handshake_start(uc->tls);
+        if (status == 0)
+            return; /* connect_cb once the handshake is done */
+    }
     uc->connect_cb(uc, status);
+}
+
+const char *upstream_conn_tls_error(const struct upstream_conn *uc)
+{
+    return uc->tls != NULL ? tls_error(uc->tls) : NULL;
+}
+
+static void on_session(void *arg, SSL_SESSION *sess)
+{
+    struct upstream_conn *uc = arg;
+    struct upstream_pool *p = uc->pool;
+    pool_grow(p, uc->server_id);
+    struct pool_session *ps = &p->sessions[uc->server_id];
+    SSL_SESSION_free(ps->sess);
+    SSL_CTX_free(ps->ctx);
+    ps->sess = sess;
+    ps->ctx = tls_ctx(uc->tls);
+    SSL_CTX_up_ref(ps->ctx);
+}
+
+static int tls_start(struct upstream_conn *uc, const struct upstream_target *t)
+{
+    struct upstream_pool *p = uc->pool;
+    SSL_SESSION *sess = NULL;
+    if (uc->server_id < p->nservers && p->sessions[uc->server_id].ctx == t->tls_ctx)
+        sess = p->sessions[uc->server_id].sess;
+    uc->tls = tls_client_create(t->tls_ctx, &uc->out, t->tls_sni, t->tls_verify_name, sess, on_session, uc);
+    return uc->tls != NULL ? 0 : UV_ENOMEM;
 }
 
 struct upstream_conn *upstream_conn_connect(struct upstream_pool *p, const struct upstream_target *t,
@@ -517,7 +598,13 @@ struct upstream_conn *upstream_conn_connect(struct upstream_pool *p, const struc
     uc->open_handles = 2;
     p->live++;
     uv_tcp_nodelay(&uc->tcp, 1);
-    int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&t->addr, on_connect);
+    int rc = t->tls_ctx != NULL ? tls_start(uc, t) : 0;
+    if (rc != 0) {
+        *err = rc;
+        upstream_conn_close(uc);
+        return NULL;
+    }
+    rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&t->addr, on_connect);
     if (rc != 0) {
         *err = rc;
         upstream_conn_close(uc);

@@ -27,6 +27,7 @@
 #include "breaker/retry.h"
 #include "common/list.h"
 #include "common/outq.h"
+#include "common/tls.h"
 #include "conf/conf.h"
 #include "stats/stats.h"
 
@@ -51,6 +52,11 @@ struct upstream_target {
     const struct conf_upstream_server *conf;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    /* TLS (a `tls` server): set by the proxy when it builds a generation */
+    SSL_CTX *tls_ctx;            /* NULL: plain */
+    const char *tls_sni;         /* NULL: no SNI */
+    const char *tls_verify_name; /* NULL: no name check (tls_verify off) */
+    const char *tls_host;        /* Host for a request that came without one */
 };
 
 struct upstream_group {
@@ -114,7 +120,11 @@ struct upstream_conn {
     upstream_connect_cb connect_cb;
     upstream_read_cb on_read;
     struct list link; /* in the pool's idle list of its server */
+    struct tls *tls;  /* NULL: plain; connect_cb runs once its handshake is done */
 };
+
+/* Why a TLS connection failed, or NULL when it did not fail in TLS. */
+const char *upstream_conn_tls_error(const struct upstream_conn *uc);
 
 struct upstream_pool *upstream_pool_create(uv_loop_t *loop);
 /* Closes every idle connection; the pool frees itself once they are closed
@@ -126,7 +136,9 @@ void upstream_pool_destroy(struct upstream_pool *pool);
 struct upstream_conn *upstream_pool_take(struct upstream_pool *pool, const struct upstream_target *t);
 
 /* Starts a new connection to target; cb(uc, status) runs later on the loop,
- * never before this returns.  Returns NULL on immediate failure with *err. */
+ * never before this returns (for a TLS target, after the handshake, offering
+ * the last session this worker got from that server).  Returns NULL on
+ * immediate failure with *err. */
 struct upstream_conn *upstream_conn_connect(struct upstream_pool *pool, const struct upstream_target *t,
                                             upstream_connect_cb cb, void *owner, int *err);
 

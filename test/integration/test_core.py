@@ -710,7 +710,7 @@ def check_mode_reports_file_and_line():
     out = (p.stdout + p.stderr).decode("utf-8", "replace")
     check(bad + ":3:" in out, "error names %s:3: — got %r" % (bad, out[-300:]))
     check(not port_open(e_port), "-t starts nothing")
-    # TLS parses (confs keep working when it lands) but is refused, never served as plain text
+    # TLS certificate files are read at load: a missing one is a conf error, never a plain-text listener
     tls = tmp_path("tls.conf")
     with open(tls, "w") as f:
         f.write("upstream o { server 127.0.0.1:%d tls; }\n"
@@ -719,6 +719,6 @@ def check_mode_reports_file_and_line():
         p = subprocess.run(argv, capture_output=True, timeout=10)
         out = (p.stdout + p.stderr).decode("utf-8", "replace")
         eq(p.returncode, 1, "%s on a tls conf" % " ".join(argv[1:]))
-        check(tls + ":2: listen 127.0.0.1:%d: tls is not supported yet" % e_port in out, "listen refused: %r" % out)
-        check(tls + ":1: server 127.0.0.1:%d: tls upstreams are not supported yet" % o_port in out,
-              "upstream refused: %r" % out)
+        want = "%s:2: listen 127.0.0.1:%d: cannot load certificate %s: No such file or directory" % (
+            tls, e_port, os.path.join(os.path.dirname(tls), "c.pem"))
+        check(want in out, "listen refused: %r" % out)

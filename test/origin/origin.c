@@ -37,6 +37,8 @@
 #include <uv.h>
 
 #include "common/log.h"
+#include "common/outq.h"
+#include "common/tls.h"
 
 #define READ_BUF_SIZE     (64 * 1024)
 #define MAX_URL           (64 * 1024)
@@ -70,6 +72,8 @@ static const char usage_text[] =
     "  -k IDLE_MS  close idle keep-alive connections after IDLE_MS (default 120000)\n"
     "  -d DELAY_MS wait that long before every response head (a slow server)\n"
     "  -w          print \"ready\" on stdout once listening\n"
+    "  -T CERT:KEY serve TLS with this certificate and key (PEM)\n"
+    "  -C CA       with -T: require a client certificate signed by CA\n"
     "endpoints:\n"
     "  /hello                 a small cacheable text (Cache-Control: public, max-age=60)\n"
     "  /slow?ms=N             answers after N ms\n"
@@ -81,7 +85,8 @@ static const char usage_text[] =
     "  /status/CODE           that status\n"
     "  /count, /reset         request and connection counters\n"
     "  /ws                    WebSocket upgrade, then echoes every byte\n"
-    "every response carries X-Origin-Conn (the connection's serial number) and echoes X-Request-Id\n"
+    "every response carries X-Origin-Conn (the connection's serial number) and echoes X-Request-Id;\n"
+    "with -T also X-Origin-TLS: resumed=0|1 alpn=PROTOCOL\n"
     "fault injection by query parameters on any path (combinable):\n"
     "  delay=MS               wait before the response head\n"
     "  close=head             close without answering\n"
@@ -335,6 +340,8 @@ struct conn {
     EVP_MD_CTX *sha;
     struct obuf out;
     struct job job;
+    struct tls *tls; /* -T: reads are decrypted into rbuf, writes sealed in submit() */
+    struct outq tq;  /* the handshake's and close_notify's writes */
 };
 
 /* A queued write; copied bytes (or chunk framing) live in data. */
@@ -342,6 +349,8 @@ struct wreq {
     uv_write_t req;
     struct conn *c;
     bool is_body;
+    struct buf **cipher; /* TLS: the ciphertext blocks being written */
+    unsigned ncipher;
     char data[];
 };
 
@@ -361,6 +370,7 @@ static struct {
     struct table fails;
     struct table tasks;
     char pattern[BYTES_CHUNK + PATTERN_PERIOD];
+    SSL_CTX *tls_ctx;
 } g;
 
 static void drive(struct conn *c);
@@ -425,6 +435,8 @@ static void free_cb(uv_handle_t *h)
     obuf_dispose(&c->req.hdrs);
     obuf_dispose(&c->out);
     EVP_MD_CTX_free(c->sha);
+    outq_dispose(&c->tq);
+    tls_destroy(c->tls);
     free(c->rbuf);
     free(c);
 }
@@ -481,6 +493,8 @@ static void conn_finish(struct conn *c)
     c->phase = PH_CLOSING;
     /* A peer that never reads would keep the shutdown pending forever. */
     uv_timer_start(&c->timer, timer_cb, g.idle_ms, 0);
+    if (c->tls != NULL)
+        tls_shutdown(c->tls);
     c->shutdown.data = c;
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_cb) < 0)
         conn_close(c);
@@ -496,12 +510,20 @@ static size_t write_queue(struct conn *c)
 static void bytes_next(struct conn *c);
 static void next_request(struct conn *c);
 
+static void wreq_free(struct wreq *w)
+{
+    for (unsigned i = 0; i < w->ncipher; i++)
+        buf_unref(w->cipher[i]);
+    free(w->cipher);
+    free(w);
+}
+
 static void write_cb(uv_write_t *req, int status)
 {
     struct wreq *w = req->data;
     struct conn *c = w->c;
     bool is_body = w->is_body;
-    free(w);
+    wreq_free(w);
     if (c->phase == PH_CLOSED)
         return;
     if (status < 0) {
@@ -518,13 +540,49 @@ static void write_cb(uv_write_t *req, int status)
 
 /* Queues bufs; w owns any framing the bufs point to.  On failure the
  * connection is closed and -1 returned: callers stop there. */
+/* Encrypts bufs; w then writes and holds the ciphertext blocks. */
+static int seal(struct conn *c, struct wreq *w, const uv_buf_t *bufs, unsigned nbufs, uv_buf_t **out)
+{
+    int rc = 0;
+    for (unsigned i = 0; i < nbufs && rc == 0; i++)
+        rc = tls_seal(c->tls, bufs[i].base, bufs[i].len);
+    int end = tls_seal_end(c->tls);
+    if (rc == 0)
+        rc = end;
+    size_t cap = 0;
+    uv_buf_t *v = NULL;
+    struct buf *blk;
+    size_t len;
+    while ((blk = tls_cipher_take(c->tls, &len)) != NULL) {
+        if (w->ncipher == cap) {
+            cap = cap ? cap * 2 : 8;
+            w->cipher = realloc(w->cipher, cap * sizeof(*w->cipher));
+            v = realloc(v, cap * sizeof(*v));
+            if (w->cipher == NULL || v == NULL)
+                abort();
+        }
+        v[w->ncipher] = uv_buf_init(blk->data, (unsigned)len);
+        w->cipher[w->ncipher++] = blk;
+    }
+    *out = v;
+    return rc;
+}
+
 static int submit(struct conn *c, struct wreq *w, const uv_buf_t *bufs, unsigned nbufs)
 {
     w->c = c;
     w->req.data = w;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, write_cb);
+    w->cipher = NULL;
+    w->ncipher = 0;
+    uv_buf_t *sealed = NULL;
+    int rc = c->tls != NULL ? seal(c, w, bufs, nbufs, &sealed) : 0;
+    if (rc == 0 && sealed != NULL)
+        rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, sealed, w->ncipher, write_cb);
+    else if (rc == 0)
+        rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, write_cb);
+    free(sealed);
     if (rc < 0) {
-        free(w);
+        wreq_free(w);
         conn_close(c);
         return -1;
     }
@@ -596,6 +654,11 @@ static bool has_body_status(int status)
 static void add_conn_headers(struct conn *c, struct obuf *o)
 {
     obuf_printf(o, "X-Origin-Conn: %" PRIu64 "\r\n", c->serial);
+    if (c->tls != NULL) {
+        char alpn[32];
+        tls_alpn(c->tls, alpn, sizeof(alpn));
+        obuf_printf(o, "X-Origin-TLS: resumed=%d alpn=%s\r\n", tls_session_reused(c->tls), alpn[0] ? alpn : "-");
+    }
     const char *id = req_header(&c->req, "X-Request-Id");
     if (id) {
         obuf_puts(o, "X-Request-Id: ");
@@ -1463,7 +1526,7 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     struct conn *c = h->data;
     if (c->rstart == c->rend) {
         c->rstart = c->rend = 0;
-    } else if (c->rstart > 0 && c->rend == READ_BUF_SIZE) {
+    } else if (c->rstart > 0 && c->rend >= READ_BUF_SIZE) {
         memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
         c->rend -= c->rstart;
         c->rstart = 0;
@@ -1531,17 +1594,49 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         break; /* input is dropped: rend does not move */
     default:
         c->rend += (size_t)nread;
-        if (c->rend == READ_BUF_SIZE)
+        if (c->rend >= READ_BUF_SIZE)
             stop_reading(c);
         break;
     }
+}
+
+/* TLS: a read is at most one block of plaintext, and reading goes on only
+ * while rend < READ_BUF_SIZE, so it fits the block of room a TLS rbuf has
+ * beyond READ_BUF_SIZE. */
+static void read_cb_tls(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    uv_buf_t plain = uv_buf_init(NULL, 0);
+    ssize_t n = tls_read(c->tls, nread, buf, &plain);
+    if (n == 0)
+        return;
+    if (n < 0) {
+        if (n == UV_EPROTO)
+            log_debug("origin", "TLS: %s", tls_error(c->tls));
+        read_cb(s, n, &plain);
+        return;
+    }
+    struct buf *blk = (struct buf *)(plain.base - offsetof(struct buf, data));
+    if (c->rstart == c->rend) {
+        c->rstart = c->rend = 0;
+    } else if (c->rstart > 0) {
+        memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
+        c->rend -= c->rstart;
+        c->rstart = 0;
+    }
+    memcpy(c->rbuf + c->rend, plain.base, (size_t)n);
+    buf_unref(blk);
+    uv_buf_t in = uv_buf_init(c->rbuf + c->rend, (unsigned)n);
+    read_cb(s, n, &in);
 }
 
 static void start_reading(struct conn *c)
 {
     if (c->reading || c->read_eof)
         return;
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
+    int rc = c->tls != NULL ? uv_read_start((uv_stream_t *)&c->tcp, tls_alloc_cb, read_cb_tls)
+                            : uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (rc == 0)
         c->reading = true;
 }
 
@@ -1580,7 +1675,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     struct conn *c = calloc(1, sizeof *c);
-    char *rbuf = malloc(READ_BUF_SIZE);
+    char *rbuf = malloc(g.tls_ctx != NULL ? READ_BUF_SIZE + BUF_SIZE : READ_BUF_SIZE);
     EVP_MD_CTX *sha = EVP_MD_CTX_new();
     if (!c || !rbuf || !sha) {
         /* Accept and drop it, or libuv would report the same connection again at once. */
@@ -1618,6 +1713,14 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    if (g.tls_ctx != NULL) {
+        outq_init(&c->tq, (uv_stream_t *)&c->tcp, NULL, NULL);
+        c->tls = tls_server_create(g.tls_ctx, &c->tq);
+        if (c->tls == NULL) {
+            conn_close(c);
+            return;
+        }
+    }
     llhttp_init(&c->parser, HTTP_REQUEST, &g.settings);
     c->parser.data = c;
     c->serial = ++g.serial;
@@ -1656,14 +1759,41 @@ static int listen_on(const char *addr, int port)
     return rc;
 }
 
+static int setup_tls(const char *pair, const char *client_ca)
+{
+    const char *colon = strchr(pair, ':');
+    if (colon == NULL) {
+        fprintf(stderr, "sluice-origin: -T wants CERT:KEY\n");
+        return -1;
+    }
+    char cert[4096];
+    snprintf(cert, sizeof(cert), "%.*s", (int)(colon - pair), pair);
+    char err[1024];
+    tls_global_init();
+    g.tls_ctx = tls_server_ctx_create(cert, colon + 1, err, sizeof(err));
+    if (g.tls_ctx == NULL) {
+        fprintf(stderr, "sluice-origin: %s\n", err);
+        return -1;
+    }
+    if (client_ca != NULL) {
+        if (SSL_CTX_load_verify_locations(g.tls_ctx, client_ca, NULL) != 1) {
+            fprintf(stderr, "sluice-origin: cannot load CA %s\n", client_ca);
+            return -1;
+        }
+        SSL_CTX_set_verify(g.tls_ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *addr = "127.0.0.1";
     uint64_t port = 8081;
     bool say_ready = false;
+    const char *tls_pair = NULL, *client_ca = NULL;
     g.idle_ms = DEFAULT_IDLE_MS;
     int opt;
-    while ((opt = getopt(argc, argv, "p:a:k:d:wh")) != -1) {
+    while ((opt = getopt(argc, argv, "p:a:k:d:T:C:wh")) != -1) {
         switch (opt) {
         case 'p':
             if (!parse_u64(optarg, 65535, &port)) {
@@ -1689,6 +1819,12 @@ int main(int argc, char **argv)
         case 'w':
             say_ready = true;
             break;
+        case 'T':
+            tls_pair = optarg;
+            break;
+        case 'C':
+            client_ca = optarg;
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -1702,6 +1838,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (tls_pair != NULL && setup_tls(tls_pair, client_ca) != 0)
+        return 1;
     signal(SIGPIPE, SIG_IGN);
     g.loop = uv_default_loop();
     llhttp_settings_init(&g.settings);

@@ -182,6 +182,11 @@ static void assert_conf_equal(const struct conf *a, const struct conf *b)
         ASSERT_EQ(x->connect_timeout_ms, y->connect_timeout_ms);
         ASSERT_EQ(x->header_timeout_ms, y->header_timeout_ms);
         ASSERT_EQ(x->idle_timeout_ms, y->idle_timeout_ms);
+        ASSERT_EQ(x->tls_verify, y->tls_verify);
+        ASSERT_OPT_STR_EQ(x->tls_ca, y->tls_ca);
+        ASSERT_OPT_STR_EQ(x->tls_cert, y->tls_cert);
+        ASSERT_OPT_STR_EQ(x->tls_key, y->tls_key);
+        ASSERT_OPT_STR_EQ(x->tls_sni, y->tls_sni);
     }
     ASSERT_EQ(a->ncaches, b->ncaches);
     for (size_t i = 0; i < a->ncaches; i++)
@@ -662,6 +667,40 @@ TEST(upstream_server_host_forms)
     conf_unref(c);
 }
 
+TEST(upstream_tls_directives)
+{
+    struct conf *c = load_ok("upstream u {\n"
+                             "    server 127.0.0.1:443 tls;\n"
+                             "    tls_verify off; tls_ca ca.pem; tls_cert /abs/c.pem; tls_key k.pem;\n"
+                             "    tls_sni api.example.com;\n"
+                             "}\n"
+                             "upstream d { server a.example:443 tls; }\n"
+                             "server { listen 8080; route / { upstream u; } route /d { upstream d; } }\n");
+    const struct conf_upstream *u = &c->upstreams[0], *d = &c->upstreams[1];
+    ASSERT(!u->tls_verify);
+    ASSERT_STR_EQ(u->tls_ca, "ca.pem");
+    ASSERT_STR_EQ(u->tls_cert, "/abs/c.pem");
+    ASSERT_STR_EQ(u->tls_key, "k.pem");
+    ASSERT_STR_EQ(u->tls_sni, "api.example.com");
+    ASSERT(d->tls_verify);
+    ASSERT(d->tls_ca == NULL && d->tls_cert == NULL && d->tls_key == NULL && d->tls_sni == NULL);
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(upstream_tls_errors)
+{
+    static const struct error_case cases[] = {
+        {"upstream u { server 127.0.0.1:443 tls; tls_cert c.pem; }\nserver { listen 8080; route / { upstream u; } }\n",
+         "t.conf:1: upstream \"u\": tls_cert and tls_key go together\n"},
+        {"upstream u { server 127.0.0.1:443 tls; tls_sni \"a b\"; }\nserver { listen 8080; route / { upstream u; } }\n",
+         "t.conf:1: tls_sni: invalid host name \"a b\"\n"},
+        {"upstream u { server 127.0.0.1:443 tls; tls_verify maybe; }\nserver { listen 8080; route / { upstream u; } }\n",
+         "t.conf:1: tls_verify: invalid value \"maybe\" (expected off or on)\n"},
+    };
+    CHECK_ERROR_CASES(cases);
+}
+
 TEST(virtual_hosts_share_an_address)
 {
     struct conf *c =
@@ -854,7 +893,7 @@ TEST(directive_errors)
 TEST(future_directives_not_supported_yet)
 {
     static const char *const names[] = {
-        "analytics", "access_log", "tls_verify", "tls_ca",
+        "analytics", "access_log",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char text[512], want[128];
@@ -1495,6 +1534,7 @@ TEST(print_exact_output)
                         "    retry_body_max 64k;\n"
                         "    retry_budget 20% min=10/s;\n"
                         "    breaker off;\n"
+                        "    tls_verify on;\n"
                         "}\n"
                         "\n"
                         "server {\n"
@@ -1979,6 +2019,7 @@ TEST(cache_print_defaults_exact)
                              "server { listen 127.0.0.1:8080; route / { upstream u; cache main; } }\n");
     char *text = print_conf(c);
     ASSERT_CONTAINS(text, "    breaker off;\n"
+                          "    tls_verify on;\n"
                           "}\n"
                           "\n"
                           "cache main {\n"

@@ -218,7 +218,7 @@ TEST(render_json)
                            "assert a['retries_idle'] == 1\n"
                            "assert list(a['errors']) == ['connect', 'connect_timeout', 'header_timeout', "
                            "'idle_timeout', 'upstream_closed', 'bad_response', 'client_closed', "
-                           "'bad_request', 'no_route', 'deadline', 'breaker_open']\n"
+                           "'bad_request', 'no_route', 'deadline', 'breaker_open', 'tls']\n"
                            "assert a['errors']['header_timeout'] == 2 and sum(a['errors'].values()) == 2\n"
                            "l = a['latency_ms']\n"
                            "assert list(l) == ['p50', 'p95', 'p99', 'max', 'mean']\n"
