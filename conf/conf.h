@@ -149,6 +149,17 @@ struct conf_route {
     struct conf_pos pos;
 };
 
+/* `analytics postgresql://USER@HOST:PORT/DB { batch; flush; queue; }` at top
+ * level: request rows into PostgreSQL (issue 6). */
+struct conf_analytics {
+    char *url;          /* as written (libpq URI or key=value conninfo) */
+    char *hostaddr;     /* numeric host libpq connects to ("localhost" resolved at load) */
+    unsigned batch;     /* rows per COPY, default 1000 */
+    uint64_t flush_ms;  /* a partial batch is written after this long, default 500ms */
+    unsigned queue;     /* rows waiting, all workers together; more are dropped, default 100000 */
+    struct conf_pos pos;
+};
+
 struct conf_server {
     struct conf_listen *listens;
     size_t nlistens;
@@ -164,6 +175,7 @@ struct conf_server {
     uint64_t max_uri_size;             /* default 8k -> 414 */
     uint64_t max_body_size;            /* default 10m -> 413; 0 = unlimited */
     bool via;                          /* add Via both ways, default on */
+    bool server_timing;                /* Server-Timing response header, default off (issue 6) */
     struct conf_route *routes;         /* sorted by prefix length, longest first */
     size_t nroutes;
     struct conf_pos pos;
@@ -191,6 +203,13 @@ struct conf {
     struct conf_redis *redis; /* NULL without a redis directive */
     struct conf_server *servers;
     size_t nservers;
+
+    /* observability (issue 6) */
+    char *access_log;               /* a file, "stdout", or NULL: off (the default) */
+    uint64_t access_log_buffer;     /* bytes of lines waiting for the writer, default 1m; more are dropped */
+    char *slow_log;                 /* "stderr" (default), "stdout", a file, or NULL: off */
+    uint64_t slow_log_threshold_ms; /* requests at least this long go to the slow log, default 1s */
+    struct conf_analytics *analytics; /* NULL without an analytics directive */
 
     char **_files; /* private: every file read; conf_pos.file points into these */
     size_t _nfiles;

@@ -12,6 +12,8 @@
 #include "cache/cache.h"
 #include "common/buf.h"
 #include "common/strbuf.h"
+#include "common/redis.h"
+#include "proxy/obs.h"
 #include "proxy/proxy.h"
 
 /* procfs is answered from kernel memory, never from a disk: reading it does
@@ -228,13 +230,43 @@ static void render_metrics(struct strbuf *sb)
     stats_render_prometheus(sb);
 }
 
-static bool token_ok(const struct conf *conf, const char *auth)
+/* ---- GET /ready ---- */
+
+static int render_ready(struct worker *w, struct strbuf *sb)
+{
+    const struct conf *conf = w->gen->conf;
+    unsigned listeners = 0;
+    for (struct list *it = w->listeners.next; it != &w->listeners; it = it->next)
+        listeners++;
+    const char *redis = conf->redis == NULL ? "off" : w->redis != NULL && redis_conn_is_up(w->redis) ? "up" : "down";
+    bool ready = !w->is_draining && listeners > 0;
+    strbuf_printf(sb, "{\"status\":\"%s\",\"listeners\":%u,\"upstreams\":{", w->is_draining ? "draining"
+                  : ready ? "ready" : "not_ready", listeners);
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        strbuf_puts(sb, i ? "," : "");
+        strbuf_json_string(sb, conf->upstreams[i].name);
+        strbuf_printf(sb, ":{\"servers\":%zu}", conf->upstreams[i].nservers);
+    }
+    /* breakers (issue 4) add their states here */
+    strbuf_printf(sb, "},\"redis\":\"%s\",\"analytics\":\"%s\"}\n", redis, obs_analytics_state());
+    return ready ? 200 : 503;
+}
+
+/* The bearer token from Authorization, or from ?token= (a browser opening
+ * /dashboard cannot send a header; the page passes it on to /stats). */
+static bool token_ok(const struct conf *conf, const char *auth, const char *path)
 {
     if (conf->admin_token == NULL)
         return true;
-    if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
+    char from_query[256];
+    const char *q = strchr(path, '?');
+    const char *given;
+    if (auth != NULL && strncasecmp(auth, "Bearer ", 7) == 0)
+        given = auth + 7;
+    else if (q != NULL && query_param(q + 1, "token", from_query, sizeof(from_query)))
+        given = from_query;
+    else
         return false;
-    const char *given = auth + 7;
     size_t a = strlen(given), b = strlen(conf->admin_token);
     /* compare in time independent of where the first difference is */
     unsigned char diff = (unsigned char)(a != b);
@@ -247,7 +279,7 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
                  const char **content_type)
 {
     *content_type = "application/json";
-    if (!token_ok(w->gen->conf, auth)) {
+    if (!token_ok(w->gen->conf, auth, path)) {
         strbuf_puts(body, "{\"error\":\"missing or wrong bearer token\"}\n");
         return 401;
     }
@@ -265,6 +297,18 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
         render_stats(w, body);
         return 200;
     }
+    if (plen == 6 && strncmp(path, "/ready", 6) == 0) {
+        if (!is_get)
+            goto not_allowed;
+        return render_ready(w, body);
+    }
+    if (plen == 10 && strncmp(path, "/dashboard", 10) == 0) {
+        if (!is_get)
+            goto not_allowed;
+        *content_type = "text/html; charset=utf-8";
+        strbuf_puts(body, admin_dashboard_html);
+        return 200;
+    }
     if (plen == 8 && strncmp(path, "/metrics", 8) == 0) {
         if (!is_get)
             goto not_allowed;
@@ -277,7 +321,7 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
             goto not_allowed;
         return handle_purge(path[plen] == '?' ? path + plen + 1 : "", body);
     }
-    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/stats\",\"/metrics\",\"/cache/purge\"]}\n");
+    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/ready\",\"/stats\",\"/metrics\",\"/dashboard\",\"/cache/purge\"]}\n");
     return 404;
 not_allowed:
     strbuf_puts(body, "{\"error\":\"method not allowed\"}\n");

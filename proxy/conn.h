@@ -18,6 +18,8 @@
 #include "proxy/headers.h"
 #include "proxy/proxy.h"
 
+#define OBS_REQUEST_ID_MAX 128
+
 enum conn_state {
     CS_IDLE,    /* between requests */
     CS_HEAD,    /* reading a request head */
@@ -122,6 +124,27 @@ struct conn {
     int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
     char *held;  /* a request body kept for its hash and for replay upstream */
     size_t held_len, held_cap;
+
+    /* observability (obs.c, issue 6): set when the request is dispatched if
+     * the conf has an access log, analytics or server_timing; else untouched */
+    bool obs_on;
+    char request_id[OBS_REQUEST_ID_MAX + 1]; /* X-Request-Id, "" when obs_on is false */
+    uint64_t t_dispatch;  /* head parsed and routed (uv_hrtime) */
+    uint64_t t_forward;   /* going upstream (after the cache lookup) */
+    uint64_t t_connected; /* a new upstream connection is up; 0 when a pooled one was taken */
+    uint64_t t_head;      /* the upstream response head is parsed (always set: also feeds stats) */
+    /* Per-request facts other features fill for the access log and analytics.
+     * Reset with the request; the defaults mean "not involved":
+     *   retries - upstream attempts after the first (issue 4's retry loop; the
+     *             idle-connection resend counts on its own through `retried`)
+     *   breaker - state of the breaker the request met: "closed", "open",
+     *             "half_open" (issue 4), or NULL
+     *   limit   - rate-limit decision: "allow", "reject", "inflight" ... (issue 5),
+     *             or NULL
+     * They must point to static strings: the log line is formatted later. */
+    unsigned retries;
+    const char *breaker;
+    const char *limit;
 };
 
 #define CACHE_KEY_MAX 16384

@@ -34,6 +34,7 @@
 #include "common/outq.h"
 #include "common/strbuf.h"
 #include "proxy/conn.h"
+#include "proxy/obs.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define OUT_LOW_WATER (64 * 1024)
@@ -115,7 +116,7 @@ int process_time_line(const struct conn *c, char *dst, size_t cap)
 {
     const char *name = process_time_name(c);
     if (name == NULL || c->t_start == 0)
-        return 0;
+        return (int)obs_response_lines(c, dst, cap);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
     char num[32], *end = num + sizeof(num);
     char *p = put_uint_rev(end, us % 1000);
@@ -130,7 +131,7 @@ int process_time_line(const struct conn *c, char *dst, size_t cap)
     memcpy(dst + nl, ": ", 2);
     memcpy(dst + nl + 2, p, dl);
     memcpy(dst + nl + 2 + dl, "ms\r\n", 5); /* with the NUL */
-    return (int)(nl + dl + 6);
+    return (int)(nl + dl + 6 + obs_response_lines(c, dst + nl + dl + 6, cap - (nl + dl + 6)));
 }
 
 void count_status(struct conn *c, unsigned status)
@@ -247,6 +248,8 @@ static void conn_close(struct conn *c)
  * response, so the connection closes at once. */
 void conn_abort(struct conn *c, enum stats_error why)
 {
+    if (c->is_dispatched && c->t_start != 0 && !c->is_closing && c->state != CS_LINGER)
+        obs_request_end(c, (uv_hrtime() - c->t_start) / 1000);
     if (c->rstats != NULL)
         STATS_INC(c->rstats->errors[why]);
     else
@@ -324,12 +327,21 @@ static void req_reset(struct conn *c)
     c->up_reused = c->retried = false;
     c->is_dispatched = false;
     c->host[0] = '\0';
+    if (c->obs_on) {
+        c->obs_on = false;
+        c->request_id[0] = '\0';
+        c->t_dispatch = c->t_forward = c->t_connected = 0;
+    }
+    c->t_head = 0;
+    c->retries = 0;
+    c->breaker = c->limit = NULL;
 }
 
 void req_done(struct conn *c)
 {
-    cached_release(c);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
+    obs_request_end(c, us); /* before cached_release: the record reads X-Cache */
+    cached_release(c);
     struct stats_counters *rs = c->rstats;
     if (rs != NULL) {
         hist_record(&rs->latency, us);
@@ -519,12 +531,16 @@ static void up_on_connect(struct upstream_conn *uc, int status)
         up_fail(c, STATS_ERR_CONNECT, status);
         return;
     }
+    if (c->obs_on)
+        c->t_connected = uv_hrtime();
     up_send_request(c);
 }
 
 void req_forward(struct conn *c)
 {
     c->state = CS_WAIT;
+    if (c->obs_on)
+        c->t_forward = uv_hrtime();
     c->target = upstream_group_pick(c->rt->group);
     const struct conf_upstream *cu = c->rt->group->conf;
     struct upstream_conn *uc = c->retried ? NULL : upstream_pool_take(c->w->pool, c->target);
@@ -572,6 +588,7 @@ static void up_send_request(struct conn *c)
         .has_body = c->rq_has_body,
         .chunked = c->rq_chunked,
         .upgrade = c->rq_upgrade,
+        .request_id = c->request_id[0] ? c->request_id : NULL,
     };
     size_t n = head_build_request(&c->rq, &fh, blk->data, BUF_SIZE);
     if (n == 0) {
@@ -658,6 +675,7 @@ static void up_on_write_done(struct outq *q, int status)
 
 static void resp_write_head(struct conn *c)
 {
+    c->t_head = uv_hrtime();
     unsigned status = c->rparser.status_code;
     bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304 || (status >= 100 && status < 200);
     bool has_length = (c->rparser.flags & F_CONTENT_LENGTH) != 0;
@@ -692,6 +710,7 @@ static void resp_write_head(struct conn *c)
         .close = c->want_close,
         .keepalive_10 = !client_is_http11(c) && !c->want_close,
         .extra = ptime,
+        .drop_request_id = c->request_id[0] != '\0',
     };
     struct buf *blk = buf_get();
     size_t n = head_build_response(&c->rs, &rh, blk->data, BUF_SIZE);
@@ -701,7 +720,7 @@ static void resp_write_head(struct conn *c)
     c->rs_head_sent = n > 0;
     if (n > 0)
         count_status(c, status);
-    hist_record(&server_stats(c)->latency, (uv_hrtime() - c->t_sent) / 1000);
+    hist_record(&server_stats(c)->latency, (c->t_head - c->t_sent) / 1000);
     STATS_INC(server_stats(c)->status[status / 100 <= 5 ? status / 100 : 0]);
 }
 
@@ -1214,6 +1233,7 @@ static void req_dispatch(struct conn *c)
     c->srv = pick_server(c->gen->conf, c->l->addr_text, c->host);
     if (c->srv == NULL)
         c->srv = &c->gen->conf->servers[0];
+    obs_request_begin(c);
     if (c->err_status) {
         STATS_INC(w->proc->errors[STATS_ERR_BAD_REQUEST]);
         respond_error(c, (unsigned)c->err_status, "%s", c->err_reason);

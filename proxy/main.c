@@ -20,6 +20,7 @@
 
 #include "cache/cache.h"
 #include "common/log.h"
+#include "proxy/obs.h"
 #include "proxy/proxy.h"
 
 struct proxy_info proxy_info;
@@ -37,7 +38,7 @@ static struct {
     struct proxy_gen *gen;
     struct listen_addr *addrs;
     size_t naddrs;
-    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
     uv_async_t worker_exited;
     uv_timer_t drain_timer;
     bool started, draining, reloading;
@@ -166,7 +167,7 @@ static int publish(struct proxy_gen *g)
             abort();
         msgs[w]->type = WORKER_MSG_GEN;
     }
-    int rc = 0;
+    int rc = obs_publish(conf, M.nworkers);
     for (size_t i = 0; i < nset && rc == 0; i++) {
         if (addr_known(&set[i]))
             continue;
@@ -384,6 +385,8 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP)
         reload();
+    else if (signum == SIGUSR1)
+        obs_reopen();
     else
         begin_shutdown(false);
 }
@@ -440,11 +443,14 @@ int main(int argc, char **argv)
     uv_signal_start(&M.sig_term, on_signal, SIGTERM);
     uv_signal_start(&M.sig_int, on_signal, SIGINT);
     uv_signal_start(&M.sig_hup, on_signal, SIGHUP);
+    uv_signal_init(&M.loop, &M.sig_usr1);
+    uv_signal_start(&M.sig_usr1, on_signal, SIGUSR1);
     upstream_groups_build(&M.loop, conf, on_groups, conf);
     uv_run(&M.loop, UV_RUN_DEFAULT);
 
     for (unsigned i = 0; i < M.nworkers; i++)
         pthread_join(M.workers[i].thread, NULL);
+    obs_shutdown();
     free(M.workers);
     if (M.gen != NULL)
         proxy_gen_unref(M.gen);
@@ -454,6 +460,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&M.sig_term, NULL);
     uv_close((uv_handle_t *)&M.sig_int, NULL);
     uv_close((uv_handle_t *)&M.sig_hup, NULL);
+    uv_close((uv_handle_t *)&M.sig_usr1, NULL);
     uv_run(&M.loop, UV_RUN_DEFAULT);
     uv_loop_close(&M.loop);
     cache_shutdown_all();

@@ -843,9 +843,8 @@ TEST(directive_errors)
 TEST(future_directives_not_supported_yet)
 {
     static const char *const names[] = {
-        "limit",        "analytics", "access_log", "retry",        "retry_budget",         "breaker",
-        "health_check", "deadline",  "fallback",   "max_inflight", "retry_non_idempotent", "tls_verify",
-        "tls_ca",
+        "limit",    "retry",        "retry_budget",         "breaker",    "health_check", "deadline",
+        "fallback", "max_inflight", "retry_non_idempotent", "tls_verify", "tls_ca",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char text[512], want[128];
@@ -1474,6 +1473,11 @@ TEST(print_exact_output)
                         "    listen 127.0.0.1:9901;\n"
                         "}\n"
                         "\n"
+                        "access_log off;\n"
+                        "access_log_buffer 1m;\n"
+                        "slow_log stderr;\n"
+                        "slow_log_threshold 1s;\n"
+                        "\n"
                         "upstream u {\n"
                         "    server 127.0.0.1:81 weight=1;\n"
                         "    balance round_robin;\n"
@@ -1496,6 +1500,7 @@ TEST(print_exact_output)
                         "    max_uri_size 8k;\n"
                         "    max_body_size 10m;\n"
                         "    via on;\n"
+                        "    server_timing off;\n"
                         "\n"
                         "    route / {\n"
                         "        upstream u;\n"
@@ -2187,7 +2192,7 @@ TEST(redis_print_exact)
                           "    timeout 50ms;\n"
                           "}\n"
                           "\n"
-                          "upstream u {\n");
+                          "access_log off;\n");
     ASSERT_CONTAINS(text, "cache main {\n"
                           "    memory 256m;\n"
                           "    max_object 8m;\n"
