@@ -308,8 +308,8 @@ def analytics_rows_arrive_with_their_values():
     check("127.0.0.1:%d/" % env.port in out.stdout and "p99" in out.stdout, out.stdout)
 
 
-def load(port, seconds, counts, stop):
-    """One keep-alive client hammering /hello until stop is set; counts[0] ok, counts[1] failed."""
+def load(port, seconds, counts, stop, path="/hello"):
+    """One keep-alive client hammering path until stop is set; counts[0] ok, counts[1] failed."""
     from harness import Client
     end = time.monotonic() + seconds
     c = None
@@ -317,7 +317,7 @@ def load(port, seconds, counts, stop):
         try:
             if c is None:
                 c = Client(port, timeout=5)
-            r = c.get("/hello")
+            r = c.get(path)
             counts[0 if r.status == 200 else 1] += 1
         except Exception:
             counts[1] += 1
@@ -363,3 +363,100 @@ def postgres_down_mid_load_drops_rows_not_requests():
                10 * SLOW, what="rows flowing again")
     check(pg.count() >= before + 10)
     check(env.sluice.stats()["counters"]["analytics_connects_total"] >= 2)
+
+
+# ---------------------------------------------------------------- the dashboard in a real browser
+
+class WebDriver:
+    """Headless Chromium driven through chromedriver's W3C WebDriver API (plain HTTP + JSON)."""
+
+    def __init__(self):
+        exe = shutil.which("chromedriver")
+        check(exe is not None and shutil.which("chromium") is not None,
+              "chromium and chromium-driver are installed (scripts/deps)")
+        self.port = free_port()
+        self.proc = Proc([exe, "--port=%d" % self.port], name="chromedriver")
+        wait_until(lambda: port_open(self.port), 20 * SLOW, what="chromedriver listening")
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": shutil.which("chromium"),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--user-data-dir=" + tempfile.mkdtemp(dir=os.path.dirname(tmp_path("x")))]}}}}
+        self.session = self._call("POST", "/session", caps)["sessionId"]
+
+    def _call(self, method, path, body=None):
+        import urllib.request
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60 * SLOW) as r:
+            return json.loads(r.read())["value"]
+
+    def open(self, url):
+        self._call("POST", "/session/%s/url" % self.session, {"url": url})
+
+    def js(self, script):
+        return self._call("POST", "/session/%s/execute/sync" % self.session, {"script": script, "args": []})
+
+    def quit(self):
+        try:
+            self._call("DELETE", "/session/%s" % self.session)
+        finally:
+            self.proc.stop()
+
+
+FIGURES = """
+function cells(sel) {
+  return Array.prototype.map.call(document.querySelectorAll(sel + " tbody tr"), function (tr) {
+    function t(c) { var e = tr.querySelector("." + c); return e ? e.textContent : null; }
+    var lines = tr.querySelectorAll("svg polyline");
+    return {name: tr.getAttribute("data-name"), rate: t("rate"), p50: t("p50"), p95: t("p95"), p99: t("p99"),
+            hit: t("hit"), ok: t("s2x"), bars: tr.querySelectorAll(".bar").length, lines: lines.length,
+            points: lines.length ? lines[2].getAttribute("points").split(" ").length : 0};
+  });
+}
+return {polls: Number(document.body.getAttribute("data-polls") || 0), error: document.getElementById("error").textContent,
+        routes: cells("#routes"), servers: cells("#servers"),
+        counters: document.querySelectorAll("#counters tbody tr").length};
+"""
+
+
+@test(timeout=120)
+def dashboard_renders_live_figures_in_chromium():
+    log = tmp_path("access.log")
+    env = obs_env(top="access_log %s json;" % log)
+    stop = threading.Event()
+    counts = [0, 0]
+    worker = threading.Thread(target=load, args=(env.port, 60, counts, stop, "/echo"))
+    cached = threading.Thread(target=lambda: [env.get("/hello") for _ in range(200) if not stop.is_set()])
+    worker.start()
+    cached.start()
+    browser = WebDriver()
+    try:
+        browser.open("http://127.0.0.1:%d/dashboard" % env.admin_port)
+        route = "127.0.0.1:%d/" % env.port
+
+        def rendered():
+            f = browser.js(FIGURES)
+            rows = {r["name"]: r for r in f["routes"]}
+            r = rows.get(route)
+            if f["polls"] >= 4 and r and float(r["rate"]) > 0 and r["points"] >= 3:
+                return f
+            return None
+        f = wait_until(rendered, 30 * SLOW, interval=0.5, what="the dashboard showing live figures")
+    finally:
+        stop.set()
+        worker.join()
+        cached.join()
+        browser.quit()
+    eq(f["error"], "", "no fetch error on the page")
+    rows = {r["name"]: r for r in f["routes"]}
+    r = rows[route]
+    check(int(r["ok"]) > 0 and r["bars"] >= 1 and r["lines"] == 3, r)
+    check(0 <= float(r["p50"]) <= float(r["p95"]) <= float(r["p99"]) < 5000, r)
+    hit = rows[route + "hello"]["hit"]
+    check(hit.endswith("%") and float(hit.split()[0]) > 50, "cache hit ratio %r" % hit)
+    servers = {s["name"]: s for s in f["servers"]}
+    s = servers["origin/" + env.origin.addr]
+    check(float(s["rate"]) >= 0 and s["lines"] == 3 and float(s["p99"]) >= float(s["p50"]), s)
+    check(f["counters"] >= 4, "access log counters listed")
+    eq(counts[1], 0, "failed requests under load")

@@ -242,6 +242,54 @@ TEST(render_json)
     free(json);
 }
 
+TEST(render_prometheus)
+{
+    stats_init(2);
+    struct stats_set *a = stats_set_get("route", "we\"ird\\name\n");
+    STATS_ADD(stats_slot(a, 0)->requests, 3);
+    STATS_ADD(stats_slot(a, 1)->requests, 4);
+    STATS_ADD(stats_slot(a, 1)->status[2], 7);
+    STATS_ADD(stats_slot(a, 0)->active, -1);
+    hist_record(&stats_slot(a, 0)->latency, 50);      /* 50 us */
+    hist_record(&stats_slot(a, 1)->latency, 3000);    /* 3 ms */
+    hist_record(&stats_slot(a, 1)->latency, 2000000); /* 2 s */
+    static struct stats_global g = {.name = "things_total", .help = "Things"};
+    stats_global_register(&g);
+    stats_global_register(&g); /* twice is once */
+    stats_global_add(&g, 5);
+    struct strbuf sb;
+    strbuf_init(&sb);
+    stats_render_prometheus(&sb);
+    const char *t = sb.data;
+    const char *label = "{route=\"we\\\"ird\\\\name\\n\"";
+    char want[256];
+    snprintf(want, sizeof(want), "sluice_route_requests_total%s} 7\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_responses_total%s,code=\"2xx\"} 7\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_active%s} -1\n", label);
+    ASSERT_CONTAINS(t, want);
+    ASSERT_CONTAINS(t, "# TYPE sluice_route_active gauge\n");
+    ASSERT_CONTAINS(t, "# TYPE sluice_route_latency_seconds histogram\n");
+    /* one HELP per family, even with several rows (codes) in it */
+    const char *help = strstr(t, "# HELP sluice_route_responses_total");
+    ASSERT(help != NULL && strstr(help + 1, "# HELP sluice_route_responses_total") == NULL);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"0.0001\"} 1\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"0.005\"} 2\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"2.5\"} 3\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"+Inf\"} 3\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_sum%s} 2.00305\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_count%s} 3\n", label);
+    ASSERT_CONTAINS(t, want);
+    ASSERT_CONTAINS(t, "# TYPE sluice_things_total counter\nsluice_things_total 5\n");
+    strbuf_dispose(&sb);
+}
+
 TEST(python_check_catches_failures)
 {
     /* The JSON checks above would be worthless if a failing check passed.
