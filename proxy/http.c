@@ -1289,6 +1289,8 @@ static void conn_update_reading(struct conn *c)
 static void parse_error(struct conn *c)
 {
     STATS_INC(c->w->proc->errors[STATS_ERR_BAD_REQUEST]);
+    if (!c->is_dispatched)
+        obs_request_begin(c); /* a request all the same: it gets a log line */
     if (c->rs_head_sent) {
         conn_abort(c, STATS_ERR_BAD_REQUEST);
         return;

@@ -14,7 +14,7 @@ import threading
 import time
 
 from harness import (SLOW, Env, Proc, basic_conf, check, conf_block, eq, free_port, http_get, port_open,
-                     shared, test, tmp_path, wait_until)
+                     run_dir, shared, test, tmp_path, wait_until)
 
 
 # ---------------------------------------------------------------- helpers
@@ -68,7 +68,9 @@ class Postgres:
         self.prefix = []
         if os.getuid() == 0:
             self.prefix = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
-        self.dir = tempfile.mkdtemp(prefix="sluice-pg-")
+        # inside the run's temp dir (removed at exit), which the postgres user must be able to cross
+        os.chmod(run_dir(), 0o711)
+        self.dir = tempfile.mkdtemp(prefix="pg-", dir=run_dir())
         os.chmod(self.dir, 0o755)
         if os.getuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
