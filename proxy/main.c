@@ -167,7 +167,7 @@ static int publish(struct proxy_gen *g)
             abort();
         msgs[w]->type = WORKER_MSG_GEN;
     }
-    int rc = obs_publish(conf, M.nworkers);
+    int rc = 0;
     for (size_t i = 0; i < nset && rc == 0; i++) {
         if (addr_known(&set[i]))
             continue;
@@ -188,6 +188,8 @@ static int publish(struct proxy_gen *g)
             m->nfds++;
         }
     }
+    if (rc == 0)
+        rc = obs_publish(conf, M.nworkers); /* access log, slow log, analytics */
     if (rc != 0) {
         for (unsigned w = 0; w < M.nworkers; w++) {
             for (size_t i = 0; i < msgs[w]->nfds; i++) {

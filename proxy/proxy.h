@@ -132,7 +132,8 @@ void worker_maybe_stop(struct worker *w);
 struct strbuf;
 int admin_handle(struct worker *w, const char *method, const char *path, const char *auth_header,
                  struct strbuf *body, const char **content_type);
-/* dashboard.c: the /dashboard page, self-contained (no external asset). */
+/* proxy/dashboard.html, embedded by the Makefile: the /dashboard page,
+ * self-contained (no external asset). */
 extern const char admin_dashboard_html[];
 
 #endif
