@@ -2203,6 +2203,54 @@ TEST(redis_print_exact)
     conf_unref(c);
 }
 
+/* --- observability (issue 6) --- */
+
+TEST(observability_directives)
+{
+    struct conf *c = load_ok("access_log /var/log/sluice.log json;\naccess_log_buffer 4m;\nslow_log off;\n"
+                             "slow_log_threshold 250ms;\n"
+                             "analytics postgresql://sluice@localhost:5433/db { batch 10; flush 1s; queue 500; }\n"
+                             BASE "server { listen 9001; server_timing on; route / { upstream u; } }\n");
+    ASSERT_STR_EQ(c->access_log, "/var/log/sluice.log");
+    ASSERT_EQ(c->access_log_buffer, 4u << 20);
+    ASSERT(c->slow_log == NULL);
+    ASSERT_EQ(c->slow_log_threshold_ms, 250);
+    ASSERT(c->analytics != NULL);
+    ASSERT_STR_EQ(c->analytics->hostaddr, "127.0.0.1");
+    ASSERT_EQ(c->analytics->batch, 10);
+    ASSERT_EQ(c->analytics->flush_ms, 1000);
+    ASSERT_EQ(c->analytics->queue, 500);
+    ASSERT(c->servers[c->nservers - 1].server_timing);
+    assert_round_trip(c);
+    conf_unref(c);
+
+    c = load_ok("access_log stdout;\n" BASE);
+    ASSERT_STR_EQ(c->access_log, "stdout");
+    ASSERT_STR_EQ(c->slow_log, "stderr");
+    ASSERT_EQ(c->slow_log_threshold_ms, 1000);
+    ASSERT(c->analytics == NULL);
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(observability_errors)
+{
+    static const struct error_case cases[] = {
+        {BASE "access_log /x.log csv;\n", "t.conf:3: access_log: unknown format \"csv\" (json is the one there is)\n"},
+        {BASE "access_log stderr;\n", "t.conf:3: access_log: stderr is the error log; give a file or stdout\n"},
+        {BASE "analytics mysql://x@127.0.0.1/db;\n",
+         "t.conf:3: analytics: invalid URL \"mysql://x@127.0.0.1/db\" (expected postgresql://USER@HOST:PORT/DB)\n"},
+        {BASE "analytics postgresql://sluice@db.example.com/x;\n",
+         "t.conf:3: analytics: the host must be a numeric address or localhost (a name would be resolved with "
+         "a blocking call)\n"},
+        {BASE "analytics postgresql://127.0.0.1/x { batch 0; }\n", "t.conf:3: batch: 0 is out of range (1..100000)\n"},
+        {BASE "slow_log_threshold 0s;\n", "t.conf:3: slow_log_threshold: 0s is out of range (1ms..1d)\n"},
+        {BASE "server { listen 9001; server_timing maybe; route / { upstream u; } }\n",
+         "t.conf:3: server_timing: invalid value \"maybe\" (expected off or on)\n"},
+    };
+    CHECK_ERROR_CASES(cases);
+}
+
 /* --- lifetime --- */
 
 TEST(refcount)
