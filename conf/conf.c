@@ -956,6 +956,14 @@ static void parse_server(struct build *b, const struct conf_node *n, const struc
     free(first);
     if (s->nroutes > 1)
         qsort(s->routes, s->nroutes, sizeof(*s->routes), cmp_route);
+    /* a route without its own server_timing takes the server's, wherever
+     * in the block the server's is written */
+    s->server_timing_any = s->server_timing;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (!s->routes[i].has_server_timing)
+            s->routes[i].server_timing = s->server_timing;
+        s->server_timing_any |= s->routes[i].server_timing;
+    }
 }
 
 static void print_servers(FILE *out, int indent, const struct directive *d, const void *obj)
@@ -1185,6 +1193,23 @@ static void print_redis(FILE *out, int indent, const struct directive *d, const 
 }
 
 /* --- observability: access_log, slow_log, analytics (issue 6) --- */
+
+static void parse_route_server_timing(struct build *b, const struct conf_node *n, const struct directive *d,
+                                      void *obj)
+{
+    struct conf_route *r = obj;
+    struct directive flag = *d;
+    flag.offset = offsetof(struct conf_route, server_timing);
+    parse_flag(b, n, &flag, obj);
+    r->has_server_timing = true;
+}
+
+static void print_route_server_timing(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    if (r->has_server_timing)
+        fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->server_timing ? "on" : "off");
+}
 
 /* A log destination: "off" (NULL), stdout, stderr (when allowed) or a file path. */
 static void parse_log_target(struct build *b, const struct conf_node *n, char **target, bool stderr_ok)
@@ -1864,6 +1889,8 @@ static const struct directive directives[] = {
                  7 * MS_DAY, "300s"),
     DIR_CUSTOM("cache", CTX_ROUTE, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_route_cache, print_route_cache,
                NULL),
+    DIR_CUSTOM("server_timing", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_server_timing,
+               print_route_server_timing, NULL),
 
     DIR_CUSTOM("methods", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_cache_methods,
                print_cache_methods, "GET HEAD"),

@@ -145,6 +145,8 @@ struct conf_route {
     size_t nresp_ops;
     uint64_t websocket_idle_timeout_ms; /* idle timeout of an upgraded tunnel, default 300s */
     struct conf_route_cache *cache; /* NULL: the route never caches */
+    bool server_timing;     /* effective: the route's own `server_timing`, else its server's (issue 6) */
+    bool has_server_timing; /* the route sets it itself */
     void *runtime; /* left NULL by conf; the proxy hangs its per-route state here */
     struct conf_pos pos;
 };
@@ -176,6 +178,7 @@ struct conf_server {
     uint64_t max_body_size;            /* default 10m -> 413; 0 = unlimited */
     bool via;                          /* add Via both ways, default on */
     bool server_timing;                /* Server-Timing response header, default off (issue 6) */
+    bool server_timing_any;            /* it or one of its routes has server_timing on */
     struct conf_route *routes;         /* sorted by prefix length, longest first */
     size_t nroutes;
     struct conf_pos pos;

@@ -169,7 +169,8 @@ size_t obs_response_lines(const struct conn *c, char *dst, size_t cap)
             return 0;
         n = (size_t)k;
     }
-    if (c->srv == NULL || !c->srv->server_timing)
+    bool timing = c->route != NULL ? c->route->server_timing : c->srv != NULL && c->srv->server_timing;
+    if (!timing)
         return n;
     char st[256] = ST_PREFIX;
     size_t m = strlen(st);

@@ -45,7 +45,7 @@ void obs_request_end_(struct conn *c, uint64_t total_us);
 static inline void obs_request_begin(struct conn *c)
 {
     const struct conf *conf = c->gen->conf;
-    if (conf->access_log != NULL || conf->analytics != NULL || c->srv->server_timing)
+    if (conf->access_log != NULL || conf->analytics != NULL || c->srv->server_timing_any)
         obs_request_begin_(c);
 }
 

@@ -272,6 +272,10 @@ def server_timing_lists_the_phases():
     off = Env()
     check(off.get("/hello").header("Server-Timing") is None, "off by default")
     check(off.get("/hello").header("X-Request-Id") is None, "no id when nothing observes")
+    # per route: on for /echo only
+    routed = Env(lambda env: basic_conf(env, routes=[("/", ""), ("/echo", "server_timing on;")]))
+    check(routed.get("/echo").header("Server-Timing") is not None, "on for the route that asks")
+    check(routed.get("/hello").header("Server-Timing") is None, "off for the others")
 
 
 # ---------------------------------------------------------------- analytics in PostgreSQL

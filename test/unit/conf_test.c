@@ -2224,6 +2224,23 @@ TEST(observability_directives)
     assert_round_trip(c);
     conf_unref(c);
 
+    /* a route takes the server's server_timing unless it sets its own */
+    c = load_ok(BASE "server { listen 9001; route /a { upstream u; server_timing on; } route /b { upstream u; }\n"
+                     "         route /c { upstream u; server_timing off; } server_timing on; }\n");
+    const struct conf_server *sv = &c->servers[c->nservers - 1];
+    ASSERT(sv->server_timing && sv->server_timing_any);
+    for (size_t i = 0; i < sv->nroutes; i++)
+        ASSERT_EQ(sv->routes[i].server_timing, strcmp(sv->routes[i].prefix, "/c") != 0);
+    ASSERT(!c->servers[0].server_timing_any);
+    assert_round_trip(c);
+    conf_unref(c);
+    c = load_ok(BASE "server { listen 9001; route /a { upstream u; server_timing on; } route /b { upstream u; } }\n");
+    sv = &c->servers[c->nservers - 1];
+    ASSERT(!sv->server_timing && sv->server_timing_any);
+    ASSERT(sv->routes[0].server_timing && !sv->routes[1].server_timing);
+    assert_round_trip(c);
+    conf_unref(c);
+
     c = load_ok("access_log stdout;\n" BASE);
     ASSERT_STR_EQ(c->access_log, "stdout");
     ASSERT_STR_EQ(c->slow_log, "stderr");
