@@ -41,11 +41,12 @@ const char *obs_analytics_state(void);
 void obs_request_begin_(struct conn *c);
 void obs_request_end_(struct conn *c, uint64_t total_us);
 
-/* The request is routed (c->srv known): request id and phase clock. */
+/* The request's server is known (c->srv): request id and phase clock.  The
+ * admin listener's own traffic (scrapes, the dashboard) is not logged. */
 static inline void obs_request_begin(struct conn *c)
 {
     const struct conf *conf = c->gen->conf;
-    if (conf->access_log != NULL || conf->analytics != NULL || c->srv->server_timing_any)
+    if ((conf->access_log != NULL || conf->analytics != NULL || c->srv->server_timing_any) && !c->l->is_admin)
         obs_request_begin_(c);
 }
 

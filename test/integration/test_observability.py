@@ -245,6 +245,28 @@ def sigusr1_reopens_the_access_log():
     eq([l["request_id"] for l in read_lines(log + ".1")], ["before"])
 
 
+@test(timeout=60)
+def access_log_follows_reloads():
+    env = Env()
+    eq(env.get("/hello").status, 200)
+    log1, log2 = tmp_path("one.log"), tmp_path("two.log")
+
+    def reload_to(top, generation):
+        env.sluice.reload(basic_conf(env, top=top))
+        wait_until(lambda: env.sluice.stats()["conf_generation"] == generation, 10 * SLOW, what="reload applied")
+    reload_to("access_log %s json;" % log1, 2)
+    eq(env.get("/hello", headers=[("X-Request-Id", "to-one")]).status, 200)
+    eq([l["request_id"] for l in wait_lines(log1, 1)], ["to-one"])
+    reload_to("access_log %s json;" % log2, 3)
+    eq(env.get("/hello", headers=[("X-Request-Id", "to-two")]).status, 200)
+    eq([l["request_id"] for l in wait_lines(log2, 1)], ["to-two"])
+    reload_to("access_log off;", 4)
+    eq(env.get("/hello", headers=[("X-Request-Id", "nowhere")]).status, 200)
+    time.sleep(0.6 * SLOW)
+    eq([l["request_id"] for l in read_lines(log1)], ["to-one"])
+    eq([l["request_id"] for l in read_lines(log2)], ["to-two"])
+
+
 @test
 def slow_requests_go_to_the_slow_log():
     slow = tmp_path("slow.log")
