@@ -120,20 +120,36 @@ static void put_str(struct out *o, const char *key, const char *s, size_t len, s
     *o->p++ = '"';
 }
 
-static void put_u64(struct out *o, const char *key, uint64_t v)
+/* Decimal digits of v, written backwards ending at end; returns the start.
+ * By hand: this runs once per field per request, printf showed in profiles. */
+static char *dec_rev(char *end, uint64_t v)
 {
-    char num[32];
-    int n = snprintf(num, sizeof(num), "%" PRIu64, v);
-    puts_(o, key);
-    put(o, num, (size_t)n);
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return end;
 }
 
+static void put_u64(struct out *o, const char *key, uint64_t v)
+{
+    char num[24], *end = num + sizeof(num);
+    char *p = dec_rev(end, v);
+    puts_(o, key);
+    put(o, p, (size_t)(end - p));
+}
+
+/* Microseconds as milliseconds with three decimals. */
 static void put_ms(struct out *o, const char *key, uint64_t us)
 {
-    char num[32];
-    int n = snprintf(num, sizeof(num), "%" PRIu64 ".%03u", us / 1000, (unsigned)(us % 1000));
+    char num[32], *end = num + sizeof(num);
+    char *p = dec_rev(end, us % 1000);
+    while (end - p < 3)
+        *--p = '0';
+    *--p = '.';
+    p = dec_rev(p, us / 1000);
     puts_(o, key);
-    put(o, num, (size_t)n);
+    put(o, p, (size_t)(end - p));
 }
 
 static _Thread_local struct {
@@ -153,9 +169,11 @@ size_t reqlog_format_json(char *dst, size_t cap, const struct reqlog_record *r)
         strftime(time_cache.text, sizeof(time_cache.text), "%Y-%m-%dT%H:%M:%S", &tm);
         time_cache.sec = sec;
     }
-    char ts[48];
-    int n = snprintf(ts, sizeof(ts), "{\"time\":\"%s.%03dZ\"", time_cache.text, (int)(r->time_ms % 1000));
-    put(&o, ts, (size_t)n);
+    char ms[8] = {'.', (char)('0' + r->time_ms / 100 % 10), (char)('0' + r->time_ms / 10 % 10),
+                  (char)('0' + r->time_ms % 10), 'Z', '"'};
+    puts_(&o, "{\"time\":\"");
+    puts_(&o, time_cache.text);
+    put(&o, ms, 6);
     put_str(&o, ",\"request_id\":", r->request_id, r->request_id ? strlen(r->request_id) : 0, 300);
     put_str(&o, ",\"client\":", r->client, r->client ? strlen(r->client) : 0, 100);
     put_str(&o, ",\"method\":", r->method, r->method ? strlen(r->method) : 0, 40);

@@ -8,7 +8,7 @@
  * uv loop owns one libpq connection, driven asynchronously: connect with
  * PQconnectStartParams/PQconnectPoll (numeric hostaddr: no DNS), the
  * migration (scripts/analytics.sql, embedded) with PQsendQuery, then batches
- * with COPY ... FROM STDIN (PQputCopyData/PQputCopyEnd in nonblocking mode),
+ * with binary COPY ... FROM STDIN (PQputCopyData/PQputCopyEnd, nonblocking),
  * the socket watched by a uv_poll.  A batch goes out when `batch` rows wait
  * or every `flush` interval.  PostgreSQL down or slow: rows pile up in the
  * rings and the excess is dropped (counted); the connection is retried with
