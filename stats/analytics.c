@@ -245,21 +245,20 @@ static void format_row(struct analytics *a, struct strbuf *sb, const struct row 
 /* Takes up to `batch` rows from the rings (round robin) into a->copy. */
 static size_t take_rows(struct analytics *a)
 {
+    /* each ring's indexes are read and published once per batch, not per
+     * row: they are the cache lines the workers share with this thread */
     size_t taken = 0;
-    bool more = true;
-    while (more && taken < a->batch) {
-        more = false;
-        for (unsigned w = 0; w < a->nworkers && taken < a->batch; w++) {
-            struct ring *ring = &a->rings[w];
-            uint64_t head = atomic_load_explicit(&ring->head, memory_order_relaxed);
-            uint64_t tail = atomic_load_explicit(&ring->tail, memory_order_acquire);
-            if (head == tail)
-                continue;
-            format_row(a, &a->copy, &ring->rows[head % a->ring_cap]);
-            atomic_store_explicit(&ring->head, head + 1, memory_order_release);
-            taken++;
-            more = true;
-        }
+    for (unsigned w = 0; w < a->nworkers && taken < a->batch; w++) {
+        struct ring *ring = &a->rings[w];
+        uint64_t head = atomic_load_explicit(&ring->head, memory_order_relaxed);
+        uint64_t tail = atomic_load_explicit(&ring->tail, memory_order_acquire);
+        uint64_t n = tail - head;
+        if (n > a->batch - taken)
+            n = a->batch - taken;
+        for (uint64_t i = 0; i < n; i++)
+            format_row(a, &a->copy, &ring->rows[(head + i) % a->ring_cap]);
+        atomic_store_explicit(&ring->head, head + n, memory_order_release);
+        taken += n;
     }
     return taken;
 }
@@ -284,7 +283,7 @@ static void drop_rows(struct analytics *a, struct stats_global *why, size_t n)
 
 static void on_poll(uv_poll_t *h, int status, int events);
 static void connect_start(struct analytics *a);
-static void try_flush(struct analytics *a);
+static void try_flush(struct analytics *a, bool partial);
 
 static void on_poll_closed(uv_handle_t *h)
 {
@@ -473,7 +472,7 @@ static void read_results(struct analytics *a)
                 a->state = PG_IDLE;
             }
             uv_timer_stop(&a->conn_timer);
-            try_flush(a);
+            try_flush(a, false);
             return;
         }
         ExecStatusType st = PQresultStatus(res);
@@ -515,9 +514,12 @@ static void on_poll(uv_poll_t *h, int status, int events)
         read_results(a);
 }
 
-static void try_flush(struct analytics *a)
+/* Starts a COPY when idle and a full batch waits, or any row at all when
+ * partial (the flush timer, shutdown): a COPY is a transaction, so small ones
+ * cost the server far more per row. */
+static void try_flush(struct analytics *a, bool partial)
 {
-    if (a->state == PG_IDLE)
+    if (a->state == PG_IDLE && (partial || atomic_load(&a->stop) || rows_waiting(a) >= a->batch))
         copy_start(a);
     if (atomic_load(&a->stop) && (a->state != PG_COPY || uv_now(&a->loop) > a->stop_deadline) &&
         (a->state != PG_IDLE || rows_waiting(a) == 0)) {
@@ -528,7 +530,7 @@ static void try_flush(struct analytics *a)
 
 static void on_flush_timer(uv_timer_t *t)
 {
-    try_flush(t->data);
+    try_flush(t->data, true);
 }
 
 static void on_wake(uv_async_t *h)
@@ -538,7 +540,7 @@ static void on_wake(uv_async_t *h)
         a->stop_deadline = uv_now(&a->loop) + SHUTDOWN_FLUSH_MS;
         uv_timer_start(&a->flush_timer, on_flush_timer, 50, 50);
     }
-    try_flush(a);
+    try_flush(a, false);
 }
 
 static void *thread_main(void *arg)
