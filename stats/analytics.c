@@ -15,7 +15,6 @@
  */
 #include "stats/analytics.h"
 
-#include <inttypes.h>
 #include <libpq-fe.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
