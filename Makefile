@@ -26,7 +26,7 @@ LIBS := $(PKG_LIBS) -lm
 
 MODULES := common conf stats cache breaker upstream limit proxy
 LIB_SRC := $(filter-out proxy/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
-LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o) $(B)/gen/analytics_sql.o $(B)/gen/dashboard_html.o
 LLHTTP_SRC := $(wildcard /usr/share/llhttp/*.c)
 LLHTTP_OBJ := $(patsubst /usr/share/llhttp/%.c,$(B)/llhttp/%.o,$(LLHTTP_SRC))
 UNIT_SRC := $(wildcard test/unit/*_test.c)
@@ -51,6 +51,21 @@ $(B)/test/%: $(B)/test/unit/%.o $(B)/libsluice.a
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
+
+# Text files embedded in the binary as C strings: the analytics migration
+# and the dashboard page.  (No "??" in them: C11 trigraphs.)
+define EMBED
+	@mkdir -p $(dir $@)
+	{ echo 'extern const char $(1)[];'; echo 'const char $(1)[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/    "/' -e 's/$$/\\n"/' $<; echo ';'; } > $@
+endef
+$(B)/gen/analytics_sql.c: scripts/analytics.sql
+	$(call EMBED,analytics_sql)
+$(B)/gen/dashboard_html.c: proxy/dashboard.html
+	$(call EMBED,admin_dashboard_html)
+
+$(B)/gen/%.o: $(B)/gen/%.c
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 # llhttp is generated code: its own relaxed flags, never under our -Werror.
 $(B)/llhttp/%.o: /usr/share/llhttp/%.c

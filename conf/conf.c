@@ -25,6 +25,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <llhttp.h>
 
 #include "conf/conf_int.h"
@@ -55,7 +56,8 @@ enum ctx {
     CTX_CACHE = 1u << 5,      /* top-level cache NAME { }: struct conf_cache */
     CTX_ROUTE_CACHE = 1u << 6, /* a route's cache NAME { }: struct conf_route_cache */
     CTX_REDIS = 1u << 7,       /* redis URL { }: struct conf_redis */
-    CTX_LIMIT = 1u << 8        /* limit NAME { }: struct conf_limit */
+    CTX_LIMIT = 1u << 8,       /* limit NAME { }: struct conf_limit */
+    CTX_ANALYTICS = 1u << 9    /* analytics URL { }: struct conf_analytics */
 };
 
 struct keyed;
@@ -147,11 +149,6 @@ static const char *const balances[] = {"round_robin", "least_conn", "p2c", NULL}
 static const char *const cache_method_names[] = {"GET", "HEAD", "POST", NULL};
 static const unsigned cache_methods[] = {HTTP_GET, HTTP_HEAD, HTTP_POST};
 
-/* Directives of later features (CONF.md): known, so they get a better error
- * than "unknown". */
-static const char *const future_directives[] = {
-    "analytics", "access_log", NULL,
-};
 
 _Static_assert(sizeof(enum conf_balance) == sizeof(unsigned), "enums are stored as unsigned");
 _Static_assert(sizeof(enum conf_log_level) == sizeof(unsigned), "enums are stored as unsigned");
@@ -1279,6 +1276,14 @@ static void parse_server(struct build *b, const struct conf_node *n, const struc
     free(first);
     if (s->nroutes > 1)
         qsort(s->routes, s->nroutes, sizeof(*s->routes), cmp_route);
+    /* a route without its own server_timing takes the server's, wherever
+     * in the block the server's is written */
+    s->server_timing_any = s->server_timing;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (!s->routes[i].has_server_timing)
+            s->routes[i].server_timing = s->server_timing;
+        s->server_timing_any |= s->routes[i].server_timing;
+    }
 }
 
 static void print_servers(FILE *out, int indent, const struct directive *d, const void *obj)
@@ -1524,6 +1529,142 @@ static void print_redis(FILE *out, int indent, const struct directive *d, const 
         return;
     fputc('\n', out);
     print_nested(out, indent, d->name, conf->redis->url, CTX_REDIS, conf->redis);
+}
+
+/* --- observability: access_log, slow_log, analytics (issue 6) --- */
+
+static void parse_route_server_timing(struct build *b, const struct conf_node *n, const struct directive *d,
+                                      void *obj)
+{
+    struct conf_route *r = obj;
+    struct directive flag = *d;
+    flag.offset = offsetof(struct conf_route, server_timing);
+    parse_flag(b, n, &flag, obj);
+    r->has_server_timing = true;
+}
+
+static void print_route_server_timing(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf_route *r = obj;
+    if (r->has_server_timing)
+        fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->server_timing ? "on" : "off");
+}
+
+/* A log destination: "off" (NULL), stdout, stderr (when allowed) or a file path. */
+static void parse_log_target(struct build *b, const struct conf_node *n, char **target, bool stderr_ok)
+{
+    const char *v = n->argv[1];
+    free(*target);
+    *target = NULL;
+    if (strcmp(v, "off") == 0)
+        return;
+    if (strcmp(v, "stderr") == 0 && !stderr_ok) {
+        conf_report(b->ld, &n->pos, "%s: stderr is the error log; give a file or stdout", n->argv[0]);
+        return;
+    }
+    if (v[0] == '\0') {
+        conf_report(b->ld, &n->pos, "%s: empty file name", n->argv[0]);
+        return;
+    }
+    *target = conf_xstrdup(v);
+}
+
+static void print_log_target(FILE *out, int indent, const char *name, const char *target, const char *suffix)
+{
+    fprintf(out, "%*s%s ", indent * 4, "", name);
+    print_word(out, target != NULL ? target : "off");
+    fprintf(out, "%s;\n", target != NULL ? suffix : "");
+}
+
+static void parse_access_log(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    if (n->argc == 3 && strcmp(n->argv[2], "json") != 0) {
+        conf_report(b->ld, &n->pos, "access_log: unknown format \"%s\" (json is the one there is)", n->argv[2]);
+        return;
+    }
+    parse_log_target(b, n, &conf->access_log, false);
+}
+
+static void print_access_log(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    fputc('\n', out);
+    print_log_target(out, indent, d->name, conf->access_log, " json");
+}
+
+static void parse_slow_log(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    parse_log_target(b, n, &conf->slow_log, true);
+}
+
+static void print_slow_log(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    print_log_target(out, indent, d->name, conf->slow_log, "");
+}
+
+/* libpq resolves a host name with a blocking getaddrinfo inside
+ * PQconnectPoll: only numeric hosts (or localhost, mapped here) are taken,
+ * as for redis. */
+static void parse_analytics(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
+{
+    struct conf *conf = obj;
+    struct conf_analytics *a = conf_xcalloc(1, sizeof(*a));
+    a->pos = n->pos;
+    apply_defaults(b, CTX_ANALYTICS, a);
+    if (n->has_block)
+        apply_block(b, CTX_ANALYTICS, n, a);
+    const char *url = n->argv[1];
+    char *err = NULL;
+    PQconninfoOption *opts = NULL;
+    if (strncmp(url, "postgresql://", 13) != 0 && strncmp(url, "postgres://", 11) != 0) {
+        conf_report(b->ld, &n->pos, "analytics: invalid URL \"%s\" (expected postgresql://USER@HOST:PORT/DB)", url);
+        goto fail;
+    }
+    opts = PQconninfoParse(url, &err);
+    if (opts == NULL) {
+        conf_report(b->ld, &n->pos, "analytics: invalid URL \"%s\": %s", url, err ? err : "out of memory");
+        goto fail;
+    }
+    const char *host = NULL, *hostaddr = NULL;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+    }
+    if (hostaddr == NULL)
+        hostaddr = host;
+    if (hostaddr != NULL && strcmp(hostaddr, "localhost") == 0)
+        hostaddr = "127.0.0.1";
+    struct in6_addr any;
+    if (hostaddr == NULL || (inet_pton(AF_INET, hostaddr, &any) != 1 && inet_pton(AF_INET6, hostaddr, &any) != 1)) {
+        conf_report(b->ld, &n->pos,
+                    "analytics: the host must be a numeric address or localhost (a name would be resolved "
+                    "with a blocking call)");
+        goto fail;
+    }
+    a->url = conf_xstrdup(url);
+    a->hostaddr = conf_xstrdup(hostaddr);
+    PQconninfoFree(opts);
+    conf->analytics = a;
+    return;
+fail:
+    if (opts != NULL)
+        PQconninfoFree(opts);
+    PQfreemem(err);
+    free(a);
+}
+
+static void print_analytics(FILE *out, int indent, const struct directive *d, const void *obj)
+{
+    const struct conf *conf = obj;
+    if (conf->analytics == NULL)
+        return;
+    fputc('\n', out);
+    print_nested(out, indent, d->name, conf->analytics->url, CTX_ANALYTICS, conf->analytics);
 }
 
 /* --- cache (top level) --- */
@@ -2264,6 +2405,14 @@ static const struct directive directives[] = {
     DIR_NUMBER("max_connections", CTX_MAIN, struct conf, max_connections, 1, 10000000, "100000"),
     DIR_CUSTOM("admin", CTX_MAIN, CONF_BLOCK_OPTIONAL, 0, 1, ONCE, parse_admin, print_admin, "on"),
     DIR_CUSTOM("redis", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_redis, print_redis, NULL),
+    DIR_CUSTOM("access_log", CTX_MAIN, CONF_NO_BLOCK, 1, 2, ONCE, parse_access_log, print_access_log, "off"),
+    DIR_SIZE("access_log_buffer", CTX_MAIN, struct conf, access_log_buffer, 64 * KIB, GIB, "1m"),
+    DIR_CUSTOM("slow_log", CTX_MAIN, CONF_NO_BLOCK, 1, 1, ONCE, parse_slow_log, print_slow_log, "stderr"),
+    DIR_DURATION("slow_log_threshold", CTX_MAIN, struct conf, slow_log_threshold_ms, 1, MS_DAY, "1s"),
+    DIR_CUSTOM("analytics", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_analytics, print_analytics, NULL),
+    DIR_NUMBER("batch", CTX_ANALYTICS, struct conf_analytics, batch, 1, 100000, "1000"),
+    DIR_DURATION("flush", CTX_ANALYTICS, struct conf_analytics, flush_ms, 10, 10 * MS_MINUTE, "500ms"),
+    DIR_NUMBER("queue", CTX_ANALYTICS, struct conf_analytics, queue, 16, 10000000, "100000"),
     DIR_CUSTOM("upstream", CTX_MAIN, CONF_BLOCK, 1, 1, MULTI | EARLY, parse_upstream, print_upstreams, NULL),
     DIR_CUSTOM("cache", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, MULTI | EARLY, parse_cache, print_caches, NULL),
     DIR_CUSTOM("server", CTX_MAIN, CONF_BLOCK, 0, 0, MULTI, parse_server, print_servers, NULL),
@@ -2325,6 +2474,7 @@ static const struct directive directives[] = {
     DIR_SIZE("max_uri_size", CTX_SERVER, struct conf_server, max_uri_size, 256, MIB, "8k"),
     DIR_SIZE("max_body_size", CTX_SERVER, struct conf_server, max_body_size, 0, UINT64_MAX, "10m"),
     DIR_FLAG("via", CTX_SERVER, struct conf_server, via, "on"),
+    DIR_FLAG("server_timing", CTX_SERVER, struct conf_server, server_timing, "off"),
     DIR_CUSTOM("route", CTX_SERVER, CONF_BLOCK, 1, 1, MULTI, parse_route, print_routes, NULL),
 
     DIR_CUSTOM("upstream", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_upstream, print_route_upstream,
@@ -2344,6 +2494,8 @@ static const struct directive directives[] = {
     DIR_CUSTOM("fallback", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_fallback, print_route_fallback,
                NULL),
     DIR_FLAG("retry_non_idempotent", CTX_ROUTE, struct conf_route, retry_non_idempotent, "off"),
+    DIR_CUSTOM("server_timing", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_server_timing,
+               print_route_server_timing, NULL),
 
     DIR_CUSTOM("methods", CTX_ROUTE_CACHE, CONF_NO_BLOCK, 1, CONF_ARGS_ANY, ONCE, parse_cache_methods,
                print_cache_methods, "GET HEAD"),
@@ -2396,12 +2548,6 @@ static const struct directive *directive_lookup(const char *name, unsigned ctx)
 static void report_misplaced(struct build *b, const struct conf_node *n)
 {
     const char *name = n->argv[0];
-    for (size_t i = 0; future_directives[i] != NULL; i++) {
-        if (strcmp(future_directives[i], name) == 0) {
-            conf_report(b->ld, &n->pos, "directive \"%s\" is not supported yet", name);
-            return;
-        }
-    }
     if (directive_lookup(name, ~0u) != NULL)
         conf_report(b->ld, &n->pos, "directive \"%s\" is not allowed here", name);
     else
@@ -2631,6 +2777,13 @@ static void conf_free(struct conf *conf)
     free(conf->servers);
     listen_dispose(&conf->admin_listen);
     free(conf->admin_token);
+    free(conf->access_log);
+    free(conf->slow_log);
+    if (conf->analytics != NULL) {
+        free(conf->analytics->url);
+        free(conf->analytics->hostaddr);
+        free(conf->analytics);
+    }
     free(conf->path);
     for (size_t i = 0; i < conf->_nfiles; i++)
         free(conf->_files[i]);

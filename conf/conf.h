@@ -264,7 +264,20 @@ struct conf_route {
     struct conf_limit **limits; /* `limit NAME;` in conf order, into conf->limits */
     size_t nlimits;
     struct conf_max_inflight max_inflight;
+    bool server_timing;     /* effective: the route's own `server_timing`, else its server's (issue 6) */
+    bool has_server_timing; /* the route sets it itself */
     void *runtime; /* left NULL by conf; the proxy hangs its per-route state here */
+    struct conf_pos pos;
+};
+
+/* `analytics postgresql://USER@HOST:PORT/DB { batch; flush; queue; }` at top
+ * level: request rows into PostgreSQL (issue 6). */
+struct conf_analytics {
+    char *url;          /* as written (libpq URI or key=value conninfo) */
+    char *hostaddr;     /* numeric host libpq connects to ("localhost" resolved at load) */
+    unsigned batch;     /* rows per COPY, default 1000 */
+    uint64_t flush_ms;  /* a partial batch is written after this long, default 500ms */
+    unsigned queue;     /* rows waiting, all workers together; more are dropped, default 100000 */
     struct conf_pos pos;
 };
 
@@ -284,6 +297,8 @@ struct conf_server {
     uint64_t max_body_size;            /* default 10m -> 413; 0 = unlimited */
     bool via;                          /* add Via both ways, default on */
     struct conf_cidrs trusted_proxies; /* issue 5: none here = the top-level list */
+    bool server_timing;                /* Server-Timing response header, default off (issue 6) */
+    bool server_timing_any;            /* it or one of its routes has server_timing on */
     struct conf_route *routes;         /* sorted by prefix length, longest first */
     size_t nroutes;
     struct conf_pos pos;
@@ -315,6 +330,13 @@ struct conf {
     struct conf_cidrs trusted_proxies; /* none: X-Forwarded-For is never believed */
     struct conf_server *servers;
     size_t nservers;
+
+    /* observability (issue 6) */
+    char *access_log;               /* a file, "stdout", or NULL: off (the default) */
+    uint64_t access_log_buffer;     /* bytes of lines waiting for the writer, default 1m; more are dropped */
+    char *slow_log;                 /* "stderr" (default), "stdout", a file, or NULL: off */
+    uint64_t slow_log_threshold_ms; /* requests at least this long go to the slow log, default 1s */
+    struct conf_analytics *analytics; /* NULL without an analytics directive */
 
     char **_files; /* private: every file read; conf_pos.file points into these */
     size_t _nfiles;

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The admin endpoints, served by worker 0 on the admin listener:
- * GET /health, GET /stats.  Counters are read from every worker's slots with
+ * GET /health, /ready, /stats, /metrics (Prometheus), /dashboard.  Counters are read from every worker's slots with
  * relaxed loads (stats.h), so answering never stops a worker.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -12,6 +13,8 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/strbuf.h"
+#include "common/redis.h"
+#include "proxy/obs.h"
 #include "proxy/proxy.h"
 
 /* procfs is answered from kernel memory, never from a disk: reading it does
@@ -239,19 +242,123 @@ static void render_stats(struct worker *w, struct strbuf *sb)
     limit_inflight_render_json(sb);
     strbuf_printf(sb,
                   ",\"redis_tier\":{\"puts\":%llu,\"put_errors\":%llu,\"gets\":%llu,\"hits\":%llu,\"misses\":%llu,"
-                  "\"get_errors\":%llu,\"bad_blobs\":%llu}}\n",
+                  "\"get_errors\":%llu,\"bad_blobs\":%llu}",
                   (unsigned long long)ts.puts, (unsigned long long)ts.put_errors, (unsigned long long)ts.gets,
                   (unsigned long long)ts.hits, (unsigned long long)ts.misses, (unsigned long long)ts.get_errors,
                   (unsigned long long)ts.bad_blobs);
+    strbuf_puts(sb, ",\"counters\":");
+    stats_render_json_globals(sb);
+    strbuf_puts(sb, "}\n");
 }
 
-static bool token_ok(const struct conf *conf, const char *auth)
+/* ---- GET /metrics: the Prometheus text format ---- */
+
+static void prom_gauge(struct strbuf *sb, const char *name, const char *type, const char *help, double v)
+{
+    stats_prom_family(sb, name, type, help);
+    strbuf_printf(sb, "%s %.17g\n", name, v);
+}
+
+struct prom_caches {
+    struct strbuf *sb;
+    int pass; /* which family is being written */
+};
+
+static const struct {
+    const char *name, *type, *help;
+    size_t offset;
+} cache_families[] = {
+    {"sluice_cache_objects", "gauge", "Entries in the store", offsetof(struct cache_stats, objects)},
+    {"sluice_cache_bytes", "gauge", "Bytes the entries take", offsetof(struct cache_stats, bytes)},
+    {"sluice_cache_memory_bytes", "gauge", "The store's byte budget", offsetof(struct cache_stats, memory)},
+    {"sluice_cache_inserts_total", "counter", "Entries stored", offsetof(struct cache_stats, inserts)},
+    {"sluice_cache_evictions_total", "counter", "Entries evicted", offsetof(struct cache_stats, evictions)},
+    {"sluice_cache_purged_total", "counter", "Entries purged", offsetof(struct cache_stats, purged)},
+    {"sluice_cache_fills_aborted_total", "counter", "Fills given up", offsetof(struct cache_stats, fills_aborted)},
+};
+
+static void prom_cache(struct cache *c, const char *name, void *arg)
+{
+    struct prom_caches *p = arg;
+    struct cache_stats st;
+    cache_get_stats(c, &st);
+    strbuf_printf(p->sb, "%s{cache=", cache_families[p->pass].name);
+    stats_prom_label_value(p->sb, name);
+    strbuf_printf(p->sb, "} %llu\n",
+                  (unsigned long long)*(const uint64_t *)((const char *)&st + cache_families[p->pass].offset));
+}
+
+static void render_metrics(struct strbuf *sb)
+{
+    uint64_t uptime_ms = uv_hrtime() / 1000000 - proxy_info.started_ms;
+    prom_gauge(sb, "sluice_uptime_seconds", "gauge", "Time since start", (double)uptime_ms / 1000.0);
+    prom_gauge(sb, "sluice_workers", "gauge", "Worker threads", proxy_info.nworkers);
+    prom_gauge(sb, "sluice_conf_generation", "gauge", "Configurations published since start",
+               atomic_load(&proxy_info.generation));
+    stats_prom_family(sb, "sluice_reloads_total", "counter", "Configuration reloads by result");
+    strbuf_printf(sb, "sluice_reloads_total{result=\"ok\"} %u\nsluice_reloads_total{result=\"failed\"} %u\n",
+                  atomic_load(&proxy_info.reloads_ok), atomic_load(&proxy_info.reloads_failed));
+    prom_gauge(sb, "sluice_connections", "gauge", "Client connections open", atomic_load(&proxy_info.connections));
+    prom_gauge(sb, "sluice_resident_memory_bytes", "gauge", "Resident set size", (double)rss_bytes());
+    prom_gauge(sb, "sluice_io_buffer_bytes", "gauge", "Bytes in 64 KiB I/O blocks",
+               (double)(buf_allocated() * sizeof(struct buf)));
+    struct prom_caches pc = {sb, 0};
+    for (pc.pass = 0; pc.pass < (int)(sizeof(cache_families) / sizeof(cache_families[0])); pc.pass++) {
+        stats_prom_family(sb, cache_families[pc.pass].name, cache_families[pc.pass].type,
+                          cache_families[pc.pass].help);
+        cache_foreach(prom_cache, &pc);
+    }
+    struct cache_tier_stats ts;
+    cache_tier_get_stats(&ts);
+    stats_prom_family(sb, "sluice_redis_tier_operations_total", "counter", "Redis tier operations by result");
+    strbuf_printf(sb,
+                  "sluice_redis_tier_operations_total{op=\"put\",result=\"ok\"} %llu\n"
+                  "sluice_redis_tier_operations_total{op=\"put\",result=\"error\"} %llu\n"
+                  "sluice_redis_tier_operations_total{op=\"get\",result=\"hit\"} %llu\n"
+                  "sluice_redis_tier_operations_total{op=\"get\",result=\"miss\"} %llu\n"
+                  "sluice_redis_tier_operations_total{op=\"get\",result=\"error\"} %llu\n",
+                  (unsigned long long)(ts.puts - ts.put_errors), (unsigned long long)ts.put_errors,
+                  (unsigned long long)ts.hits, (unsigned long long)ts.misses, (unsigned long long)ts.get_errors);
+    stats_render_prometheus(sb);
+}
+
+/* ---- GET /ready ---- */
+
+static int render_ready(struct worker *w, struct strbuf *sb)
+{
+    const struct conf *conf = w->gen->conf;
+    unsigned listeners = 0;
+    for (struct list *it = w->listeners.next; it != &w->listeners; it = it->next)
+        listeners++;
+    const char *redis = conf->redis == NULL ? "off" : w->redis != NULL && redis_conn_is_up(w->redis) ? "up" : "down";
+    bool ready = !w->is_draining && listeners > 0;
+    strbuf_printf(sb, "{\"status\":\"%s\",\"listeners\":%u,\"upstreams\":{", w->is_draining ? "draining"
+                  : ready ? "ready" : "not_ready", listeners);
+    for (size_t i = 0; i < conf->nupstreams; i++) {
+        strbuf_puts(sb, i ? "," : "");
+        strbuf_json_string(sb, conf->upstreams[i].name);
+        strbuf_printf(sb, ":{\"servers\":%zu}", conf->upstreams[i].nservers);
+    }
+    /* breakers (issue 4) add their states here */
+    strbuf_printf(sb, "},\"redis\":\"%s\",\"analytics\":\"%s\"}\n", redis, obs_analytics_state());
+    return ready ? 200 : 503;
+}
+
+/* The bearer token from Authorization, or from ?token= (a browser opening
+ * /dashboard cannot send a header; the page passes it on to /stats). */
+static bool token_ok(const struct conf *conf, const char *auth, const char *path)
 {
     if (conf->admin_token == NULL)
         return true;
-    if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
+    char from_query[256];
+    const char *q = strchr(path, '?');
+    const char *given;
+    if (auth != NULL && strncasecmp(auth, "Bearer ", 7) == 0)
+        given = auth + 7;
+    else if (q != NULL && query_param(q + 1, "token", from_query, sizeof(from_query)))
+        given = from_query;
+    else
         return false;
-    const char *given = auth + 7;
     size_t a = strlen(given), b = strlen(conf->admin_token);
     /* compare in time independent of where the first difference is */
     unsigned char diff = (unsigned char)(a != b);
@@ -264,7 +371,7 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
                  const char **content_type)
 {
     *content_type = "application/json";
-    if (!token_ok(w->gen->conf, auth)) {
+    if (!token_ok(w->gen->conf, auth, path)) {
         strbuf_puts(body, "{\"error\":\"missing or wrong bearer token\"}\n");
         return 401;
     }
@@ -282,6 +389,25 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
         render_stats(w, body);
         return 200;
     }
+    if (plen == 6 && strncmp(path, "/ready", 6) == 0) {
+        if (!is_get)
+            goto not_allowed;
+        return render_ready(w, body);
+    }
+    if (plen == 10 && strncmp(path, "/dashboard", 10) == 0) {
+        if (!is_get)
+            goto not_allowed;
+        *content_type = "text/html; charset=utf-8";
+        strbuf_puts(body, admin_dashboard_html);
+        return 200;
+    }
+    if (plen == 8 && strncmp(path, "/metrics", 8) == 0) {
+        if (!is_get)
+            goto not_allowed;
+        *content_type = "text/plain; version=0.0.4; charset=utf-8";
+        render_metrics(body);
+        return 200;
+    }
     if (plen == 12 && strncmp(path, "/cache/purge", 12) == 0) {
         if (strcmp(method, "POST") != 0 && strcmp(method, "PURGE") != 0)
             goto not_allowed;
@@ -292,7 +418,8 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
             goto not_allowed;
         return handle_breaker(w, path[plen] == '?' ? path + plen + 1 : "", body);
     }
-    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/stats\",\"/cache/purge\",\"/breaker\"]}\n");
+    strbuf_puts(body, "{\"error\":\"not found\",\"endpoints\":[\"/health\",\"/ready\",\"/stats\",\"/metrics\",\"/dashboard\","
+                      "\"/cache/purge\",\"/breaker\"]}\n");
     return 404;
 not_allowed:
     strbuf_puts(body, "{\"error\":\"method not allowed\"}\n");

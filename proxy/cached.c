@@ -773,6 +773,7 @@ size_t cached_response_head(struct conn *c, char *lines, size_t cap)
             .chunked = c->rs_chunk_out,
             .skip_age = true,
             .no_blank = true,
+            .drop_request_id = true, /* an id belongs to one request, never to a stored response */
         };
         struct buf *blk = buf_get();
         size_t n = head_build_response(&c->rs, &rh, blk->data, BUF_SIZE);

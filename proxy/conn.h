@@ -20,6 +20,8 @@
 #include "proxy/headers.h"
 #include "proxy/proxy.h"
 
+#define OBS_REQUEST_ID_MAX 128
+
 enum conn_state {
     CS_IDLE,    /* between requests */
     CS_HEAD,    /* reading a request head */
@@ -157,6 +159,25 @@ struct conn {
     /* TLS listener (README "TLS"): reads are decrypted before conn_on_read,
      * c->out encrypts; NULL on a plain connection */
     struct tls *tls;
+
+    /* observability (obs.c, issue 6): set when the request is dispatched if
+     * the conf has an access log, analytics or server_timing; else untouched */
+    bool obs_on;
+    char request_id[OBS_REQUEST_ID_MAX + 1]; /* X-Request-Id, "" when obs_on is false */
+    uint64_t t_dispatch;  /* head parsed and routed (uv_hrtime) */
+    uint64_t t_forward;   /* going upstream (after the cache lookup) */
+    uint64_t t_connected; /* a new upstream connection is up; 0 when a pooled one was taken */
+    uint64_t t_head;      /* the upstream response head is parsed (always set: also feeds stats) */
+    /* Per-request facts other features fill for the access log and analytics.
+     * Reset with the request; the defaults mean "not involved":
+     *   breaker - state of the breaker the request met: "closed", "open",
+     *             "half_open" (issue 4), or NULL
+     *   limit   - rate-limit decision: "allow", "reject", "inflight" ... (issue 5),
+     *             or NULL
+     * They must point to static strings: the log line is formatted later.
+     * (Retries come from `tries` and `retried`.) */
+    const char *breaker;
+    const char *limit;
 };
 
 /* A request body held whole.  Refcounted: the request holds one reference,

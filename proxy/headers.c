@@ -455,6 +455,7 @@ size_t head_build_request(const struct head *h, const struct forward_head *fh, c
             continue;
         if (is_hop_by_hop(h, f) || NAME_IS(h, f, "host") || NAME_IS(h, f, "expect") ||
             NAME_IS(h, f, "x-forwarded-proto") || NAME_IS(h, f, "x-forwarded-host") ||
+            (fh->request_id != NULL && NAME_IS(h, f, "x-request-id")) ||
             (fh->chunked && NAME_IS(h, f, "content-length")) || named_in(h, f, &ct) ||
             named_in_ops(h, f, fh->ops, fh->nops))
             continue;
@@ -480,6 +481,8 @@ size_t head_build_request(const struct head *h, const struct forward_head *fh, c
     if (fh->via)
         puts_(&w, "Via: 1.1 sluice\r\n");
     put_ops(&w, fh->ops, fh->nops, "host");
+    if (fh->request_id != NULL)
+        put_field(&w, "X-Request-Id", 12, fh->request_id, strlen(fh->request_id));
     if (fh->extra != NULL)
         puts_(&w, fh->extra);
     if (fh->chunked)
@@ -511,7 +514,8 @@ size_t head_build_response(const struct head *h, const struct reply_head *rh, ch
             continue;
         }
         if (is_hop_by_hop(h, f) || named_in(h, f, &ct) || named_in_ops(h, f, rh->ops, rh->nops) ||
-            (rh->chunked && NAME_IS(h, f, "content-length")) || (rh->skip_age && NAME_IS(h, f, "age")))
+            (rh->chunked && NAME_IS(h, f, "content-length")) || (rh->skip_age && NAME_IS(h, f, "age")) ||
+            (rh->drop_request_id && NAME_IS(h, f, "x-request-id")))
             continue;
         put_field(&w, field_name(h, f), f->name_len, h->store->data + f->value, value_len(h, f));
     }

@@ -88,6 +88,7 @@ struct forward_head {
     bool has_body, chunked, upgrade;
     bool drop_conditional; /* leave out the client's If-* fields (sluice revalidates with its own) */
     const char *extra;     /* complete field lines to add, or NULL */
+    const char *request_id; /* X-Request-Id sent instead of the client's, or NULL to pass the client's on */
 };
 
 /* Writes the request head for the upstream into dst; its length, or 0 when
@@ -106,6 +107,7 @@ struct reply_head {
     bool skip_age;     /* leave out Age (a cache computes its own) */
     bool no_blank;     /* stop before the final blank line (a head stored for later) */
     const char *extra; /* complete header lines to add ("Name: value\r\n"), or NULL */
+    bool drop_request_id; /* leave out the upstream's X-Request-Id (extra carries ours) */
 };
 
 /* Writes the response head for the client into dst; its length, or 0 when

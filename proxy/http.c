@@ -38,6 +38,7 @@
 #include "breaker/retry.h"
 #include "proxy/conn.h"
 #include "proxy/tlsgen.h"
+#include "proxy/obs.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define OUT_LOW_WATER (64 * 1024)
@@ -123,7 +124,7 @@ int process_time_line(const struct conn *c, char *dst, size_t cap)
 {
     const char *name = process_time_name(c);
     if (name == NULL || c->t_start == 0)
-        return 0;
+        return (int)obs_response_lines(c, dst, cap);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
     char num[32], *end = num + sizeof(num);
     char *p = put_uint_rev(end, us % 1000);
@@ -138,7 +139,7 @@ int process_time_line(const struct conn *c, char *dst, size_t cap)
     memcpy(dst + nl, ": ", 2);
     memcpy(dst + nl + 2, p, dl);
     memcpy(dst + nl + 2 + dl, "ms\r\n", 5); /* with the NUL */
-    return (int)(nl + dl + 6);
+    return (int)(nl + dl + 6 + obs_response_lines(c, dst + nl + dl + 6, cap - (nl + dl + 6)));
 }
 
 void count_status(struct conn *c, unsigned status)
@@ -269,6 +270,8 @@ static void conn_close(struct conn *c)
  * response, so the connection closes at once. */
 void conn_abort(struct conn *c, enum stats_error why)
 {
+    if (c->is_dispatched && c->t_start != 0 && !c->is_closing && c->state != CS_LINGER)
+        obs_request_end(c, (uv_hrtime() - c->t_start) / 1000);
     if (c->rstats != NULL)
         STATS_INC(c->rstats->errors[why]);
     else
@@ -357,14 +360,22 @@ static void req_reset(struct conn *c)
     c->idem_key[0] = '\0';
     c->host[0] = '\0';
     c->extra_len = 0;
+    if (c->obs_on) {
+        c->obs_on = false;
+        c->request_id[0] = '\0';
+        c->t_dispatch = c->t_forward = c->t_connected = 0;
+    }
+    c->t_head = 0;
+    c->breaker = c->limit = NULL;
 }
 
 void req_done(struct conn *c)
 {
-    cached_release(c);
     if (c->lstage > 0 || c->is_lqueued)
         limited_done(c);
     uint64_t us = (uv_hrtime() - c->t_start) / 1000;
+    obs_request_end(c, us); /* before cached_release: the record reads X-Cache */
+    cached_release(c);
     struct stats_counters *rs = c->rstats;
     if (rs != NULL) {
         hist_record(&rs->latency, us);
@@ -735,6 +746,8 @@ static void up_on_connect(struct upstream_conn *uc, int status)
         up_fail(c, upstream_conn_tls_error(uc) != NULL ? STATS_ERR_TLS : STATS_ERR_CONNECT, status);
         return;
     }
+    if (c->obs_on)
+        c->t_connected = uv_hrtime();
     up_send_request(c);
 }
 
@@ -787,6 +800,7 @@ static bool all_open(struct conn *c, uint64_t now)
         wait = w < wait ? w : wait;
     }
     STATS_INC(c->rstats->errors[STATS_ERR_BREAKER_OPEN]);
+    c->breaker = "open";
     int n = snprintf(c->extra_lines + c->extra_len, sizeof(c->extra_lines) - c->extra_len, "Retry-After: %" PRIu64 "\r\n",
                      wait == UINT64_MAX ? 1 : (wait + 999) / 1000);
     if (n > 0 && (size_t)n < sizeof(c->extra_lines) - c->extra_len)
@@ -800,6 +814,8 @@ void req_forward(struct conn *c)
     c->state = CS_WAIT;
     if (c->tries == 0)
         tries_begin(c);
+    if (c->obs_on)
+        c->t_forward = uv_hrtime();
     uint64_t now = uv_now(&c->w->loop);
     for (;;) {
         struct upstream_group *g = c->group;
@@ -825,6 +841,8 @@ void req_forward(struct conn *c)
             return;
     }
     c->try_open = c->group->conf->breaker.enabled;
+    if (c->try_open)
+        c->breaker = breaker_state_name(breaker_state(&c->target->srv->breaker, now));
     c->tries++;
     if (c->tries > 1)
         STATS_INC(server_stats(c)->retries);
@@ -929,6 +947,7 @@ static void up_send_request(struct conn *c)
         .has_body = c->rq_has_body,
         .chunked = c->rq_chunked,
         .upgrade = c->rq_upgrade,
+        .request_id = c->request_id[0] ? c->request_id : NULL,
     };
     size_t n = head_build_request(&c->rq, &fh, blk->data, BUF_SIZE);
     if (n == 0) {
@@ -1024,6 +1043,7 @@ static void up_on_write_done(struct outq *q, int status)
 
 static void resp_write_head(struct conn *c)
 {
+    c->t_head = uv_hrtime();
     unsigned status = c->rparser.status_code;
     bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304 || (status >= 100 && status < 200);
     bool has_length = (c->rparser.flags & F_CONTENT_LENGTH) != 0;
@@ -1060,6 +1080,7 @@ static void resp_write_head(struct conn *c)
         .close = c->want_close,
         .keepalive_10 = !client_is_http11(c) && !c->want_close,
         .extra = ptime,
+        .drop_request_id = c->request_id[0] != '\0',
     };
     struct buf *blk = buf_get();
     size_t n = head_build_response(&c->rs, &rh, blk->data, BUF_SIZE);
@@ -1069,7 +1090,7 @@ static void resp_write_head(struct conn *c)
     c->rs_head_sent = n > 0;
     if (n > 0)
         count_status(c, status);
-    hist_record(&server_stats(c)->latency, (uv_hrtime() - c->t_sent) / 1000);
+    hist_record(&server_stats(c)->latency, (c->t_head - c->t_sent) / 1000);
     STATS_INC(server_stats(c)->status[status / 100 <= 5 ? status / 100 : 0]);
 }
 
@@ -1673,6 +1694,7 @@ static void req_dispatch(struct conn *c)
     c->srv = pick_server(c->gen->conf, c->l->addr_text, c->host);
     if (c->srv == NULL)
         c->srv = &c->gen->conf->servers[0];
+    obs_request_begin(c);
     if (c->err_status) {
         STATS_INC(w->proc->errors[STATS_ERR_BAD_REQUEST]);
         respond_error(c, (unsigned)c->err_status, "%s", c->err_reason);
@@ -1735,6 +1757,8 @@ static void conn_update_reading(struct conn *c)
 static void parse_error(struct conn *c)
 {
     STATS_INC(c->w->proc->errors[STATS_ERR_BAD_REQUEST]);
+    if (!c->is_dispatched)
+        obs_request_begin(c); /* a request all the same: it gets a log line */
     if (c->rs_head_sent) {
         conn_abort(c, STATS_ERR_BAD_REQUEST);
         return;

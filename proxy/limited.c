@@ -193,6 +193,7 @@ static void put_retry_after(struct conn *c, uint64_t ms)
 
 static void respond_limited(struct conn *c, size_t i, const struct limit_result *r)
 {
+    c->limit = "rate_limited";
     put_retry_after(c, r->retry_ms);
     put_lines(c, r);
     respond_error(c, 429, "rate limit \"%s\" exceeded (%llu at once, %llu per %s); retry in %llu ms",
@@ -275,6 +276,7 @@ static bool global_failed(struct conn *c, int status)
         case CONF_LIMIT_ERR_DENY:
             limit_count_fallback(rt->limits[i]);
             refund_fallbacks(c, i);
+            c->limit = "redis_deny";
             /* 503, not 429: the client did nothing wrong, sluice cannot tell */
             put_retry_after(c, 1000);
             respond_error(c, 503, "rate limit \"%s\" cannot be checked (its Redis is unavailable)",
@@ -352,6 +354,7 @@ static void unqueue_wake(struct conn *c)
 
 static void respond_busy(struct conn *c, const char *why)
 {
+    c->limit = "inflight_rejected";
     put_retry_after(c, 1000);
     respond_error(c, 503, "max_inflight: %s", why);
 }
@@ -370,6 +373,7 @@ static bool admit(struct conn *c)
             c->lstage++;
             break;
         case LIMIT_QUEUED:
+            c->limit = "queued";
             c->is_lqueued = true;
             c->state = CS_QUEUED;
             req_timer_set(c, TK_QUEUE, limit_inflight_timeout_ms(li));
@@ -451,6 +455,7 @@ bool limited_begin(struct conn *c)
     uint64_t now = uv_hrtime();
     c->extra_len = 0;
     c->has_lbest = false;
+    c->limit = "allowed";
     for (size_t i = 0; i < rt->nlimits; i++) {
         make_key(c, i);
         if (rt->limit_confs[i]->scope == CONF_LIMIT_GLOBAL) {

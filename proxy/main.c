@@ -21,6 +21,7 @@
 #include "cache/cache.h"
 #include "common/log.h"
 #include "common/tls.h"
+#include "proxy/obs.h"
 #include "proxy/proxy.h"
 #include "upstream/health.h"
 #include "proxy/tlsgen.h"
@@ -40,7 +41,7 @@ static struct {
     struct proxy_gen *gen;
     struct listen_addr *addrs;
     size_t naddrs;
-    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
     uv_async_t worker_exited;
     uv_timer_t drain_timer;
     bool started, draining, reloading;
@@ -209,6 +210,8 @@ static int publish(struct proxy_gen *g)
             m->nfds++;
         }
     }
+    if (rc == 0)
+        rc = obs_publish(conf, M.nworkers); /* access log, slow log, analytics */
     if (rc != 0) {
         for (unsigned w = 0; w < M.nworkers; w++) {
             for (size_t i = 0; i < msgs[w]->nfds; i++) {
@@ -397,6 +400,8 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP)
         reload();
+    else if (signum == SIGUSR1)
+        obs_reopen();
     else
         begin_shutdown(false);
 }
@@ -457,11 +462,14 @@ int main(int argc, char **argv)
     uv_signal_start(&M.sig_int, on_signal, SIGINT);
     uv_signal_start(&M.sig_hup, on_signal, SIGHUP);
     M.loaded_tls = tls;
+    uv_signal_init(&M.loop, &M.sig_usr1);
+    uv_signal_start(&M.sig_usr1, on_signal, SIGUSR1);
     upstream_groups_build(&M.loop, conf, on_groups, conf);
     uv_run(&M.loop, UV_RUN_DEFAULT);
 
     for (unsigned i = 0; i < M.nworkers; i++)
         pthread_join(M.workers[i].thread, NULL);
+    obs_shutdown();
     free(M.workers);
     if (M.gen != NULL)
         proxy_gen_unref(M.gen);
@@ -471,6 +479,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&M.sig_term, NULL);
     uv_close((uv_handle_t *)&M.sig_int, NULL);
     uv_close((uv_handle_t *)&M.sig_hup, NULL);
+    uv_close((uv_handle_t *)&M.sig_usr1, NULL);
     uv_run(&M.loop, UV_RUN_DEFAULT);
     uv_loop_close(&M.loop);
     cache_shutdown_all();

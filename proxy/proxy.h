@@ -104,6 +104,9 @@ struct worker {
     char *redis_url;
     struct upstream_pool *pool;
     struct stats_counters *proc; /* this worker's slot of the "process" set */
+    /* observability (obs.c, issue 6) */
+    uv_timer_t obs_timer;  /* hands buffered access log lines to the writer */
+    uint64_t obs_serial;   /* generated X-Request-Id values */
     bool is_draining;
     bool is_stopping;
 };
@@ -141,5 +144,8 @@ void worker_maybe_stop(struct worker *w);
 struct strbuf;
 int admin_handle(struct worker *w, const char *method, const char *path, const char *auth_header,
                  struct strbuf *body, const char **content_type);
+/* proxy/dashboard.html, embedded by the Makefile: the /dashboard page,
+ * self-contained (no external asset). */
+extern const char admin_dashboard_html[];
 
 #endif

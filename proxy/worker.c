@@ -16,6 +16,7 @@
 #include "common/outq.h"
 #include "common/redis.h"
 #include "proxy/conn.h"
+#include "proxy/obs.h"
 
 int listen_socket_open(const struct sockaddr *addr, socklen_t len)
 {
@@ -143,6 +144,7 @@ void worker_maybe_stop(struct worker *w)
     if (!w->is_draining || w->nconns > 0 || w->is_stopping)
         return;
     w->is_stopping = true;
+    obs_worker_stop(w);
     redis_drop(w);
     close_listeners(w);
     upstream_pool_destroy(w->pool);
@@ -233,6 +235,7 @@ int worker_start(struct worker *w)
     w->async.data = w;
     uv_async_init(&w->loop, &w->async, on_inbox);
     w->pool = upstream_pool_create(&w->loop);
+    obs_worker_start(w);
     w->proc = stats_slot(stats_set_get("process", "all"), w->id);
     rc = pthread_create(&w->thread, NULL, worker_main, w);
     return rc == 0 ? 0 : -rc;

@@ -890,23 +890,6 @@ TEST(directive_errors)
     CHECK_ERROR_CASES(cases);
 }
 
-TEST(future_directives_not_supported_yet)
-{
-    static const char *const names[] = {
-        "analytics", "access_log",
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        char text[512], want[128];
-        snprintf(text, sizeof(text), BASE "%s x y;\n", names[i]);
-        snprintf(want, sizeof(want), "t.conf:3: directive \"%s\" is not supported yet\n", names[i]);
-        ASSERT_ERRORS(text, want);
-        /* in a route too, and as a block */
-        snprintf(text, sizeof(text),
-                 BASE "server { listen 9000; route /r { upstream u; %s x { ttl 1h; } } }\n", names[i]);
-        ASSERT_ERRORS(text, want);
-    }
-}
-
 TEST(value_errors)
 {
     static const struct error_case cases[] = {
@@ -1520,6 +1503,11 @@ TEST(print_exact_output)
                         "    listen 127.0.0.1:9901;\n"
                         "}\n"
                         "\n"
+                        "access_log off;\n"
+                        "access_log_buffer 1m;\n"
+                        "slow_log stderr;\n"
+                        "slow_log_threshold 1s;\n"
+                        "\n"
                         "upstream u {\n"
                         "    server 127.0.0.1:81 weight=1;\n"
                         "    balance p2c;\n"
@@ -1549,6 +1537,7 @@ TEST(print_exact_output)
                         "    max_uri_size 8k;\n"
                         "    max_body_size 10m;\n"
                         "    via on;\n"
+                        "    server_timing off;\n"
                         "\n"
                         "    route / {\n"
                         "        upstream u;\n"
@@ -2247,7 +2236,7 @@ TEST(redis_print_exact)
                           "    timeout 50ms;\n"
                           "}\n"
                           "\n"
-                          "upstream u {\n");
+                          "access_log off;\n");
     ASSERT_CONTAINS(text, "cache main {\n"
                           "    memory 256m;\n"
                           "    max_object 8m;\n"
@@ -2256,6 +2245,71 @@ TEST(redis_print_exact)
     assert_round_trip(c);
     free(text);
     conf_unref(c);
+}
+
+/* --- observability (issue 6) --- */
+
+TEST(observability_directives)
+{
+    struct conf *c = load_ok("access_log /var/log/sluice.log json;\naccess_log_buffer 4m;\nslow_log off;\n"
+                             "slow_log_threshold 250ms;\n"
+                             "analytics postgresql://sluice@localhost:5433/db { batch 10; flush 1s; queue 500; }\n"
+                             BASE "server { listen 9001; server_timing on; route / { upstream u; } }\n");
+    ASSERT_STR_EQ(c->access_log, "/var/log/sluice.log");
+    ASSERT_EQ(c->access_log_buffer, 4u << 20);
+    ASSERT(c->slow_log == NULL);
+    ASSERT_EQ(c->slow_log_threshold_ms, 250);
+    ASSERT(c->analytics != NULL);
+    ASSERT_STR_EQ(c->analytics->hostaddr, "127.0.0.1");
+    ASSERT_EQ(c->analytics->batch, 10);
+    ASSERT_EQ(c->analytics->flush_ms, 1000);
+    ASSERT_EQ(c->analytics->queue, 500);
+    ASSERT(c->servers[c->nservers - 1].server_timing);
+    assert_round_trip(c);
+    conf_unref(c);
+
+    /* a route takes the server's server_timing unless it sets its own */
+    c = load_ok(BASE "server { listen 9001; route /a { upstream u; server_timing on; } route /b { upstream u; }\n"
+                     "         route /c { upstream u; server_timing off; } server_timing on; }\n");
+    const struct conf_server *sv = &c->servers[c->nservers - 1];
+    ASSERT(sv->server_timing && sv->server_timing_any);
+    for (size_t i = 0; i < sv->nroutes; i++)
+        ASSERT_EQ(sv->routes[i].server_timing, strcmp(sv->routes[i].prefix, "/c") != 0);
+    ASSERT(!c->servers[0].server_timing_any);
+    assert_round_trip(c);
+    conf_unref(c);
+    c = load_ok(BASE "server { listen 9001; route /a { upstream u; server_timing on; } route /b { upstream u; } }\n");
+    sv = &c->servers[c->nservers - 1];
+    ASSERT(!sv->server_timing && sv->server_timing_any);
+    ASSERT(sv->routes[0].server_timing && !sv->routes[1].server_timing);
+    assert_round_trip(c);
+    conf_unref(c);
+
+    c = load_ok("access_log stdout;\n" BASE);
+    ASSERT_STR_EQ(c->access_log, "stdout");
+    ASSERT_STR_EQ(c->slow_log, "stderr");
+    ASSERT_EQ(c->slow_log_threshold_ms, 1000);
+    ASSERT(c->analytics == NULL);
+    assert_round_trip(c);
+    conf_unref(c);
+}
+
+TEST(observability_errors)
+{
+    static const struct error_case cases[] = {
+        {BASE "access_log /x.log csv;\n", "t.conf:3: access_log: unknown format \"csv\" (json is the one there is)\n"},
+        {BASE "access_log stderr;\n", "t.conf:3: access_log: stderr is the error log; give a file or stdout\n"},
+        {BASE "analytics mysql://x@127.0.0.1/db;\n",
+         "t.conf:3: analytics: invalid URL \"mysql://x@127.0.0.1/db\" (expected postgresql://USER@HOST:PORT/DB)\n"},
+        {BASE "analytics postgresql://sluice@db.example.com/x;\n",
+         "t.conf:3: analytics: the host must be a numeric address or localhost (a name would be resolved with "
+         "a blocking call)\n"},
+        {BASE "analytics postgresql://127.0.0.1/x { batch 0; }\n", "t.conf:3: batch: 0 is out of range (1..100000)\n"},
+        {BASE "slow_log_threshold 0s;\n", "t.conf:3: slow_log_threshold: 0s is out of range (1ms..1d)\n"},
+        {BASE "server { listen 9001; server_timing maybe; route / { upstream u; } }\n",
+         "t.conf:3: server_timing: invalid value \"maybe\" (expected off or on)\n"},
+    };
+    CHECK_ERROR_CASES(cases);
 }
 
 /* --- lifetime --- */

@@ -213,4 +213,32 @@ TEST(response_upgrade_keeps_upgrade)
     head_dispose(&h);
 }
 
+TEST(request_id_replaces_the_clients_both_ways)
+{
+    struct head h;
+    load(&h, "/x", (const char *const[]){"X-Request-Id", "from-client", "Accept", "*/*", NULL});
+    struct forward_head fh = {.method = "GET", .host = "example.com", .client_ip = "10.1.2.3", .proto = "http",
+                              .request_id = "ours-1"};
+    char out[4096];
+    size_t n = head_build_request(&h, &fh, out, sizeof(out) - 1);
+    out[n] = '\0';
+    ASSERT_CONTAINS(out, "X-Request-Id: ours-1\r\n");
+    ASSERT(strstr(out, "from-client") == NULL);
+    ASSERT_CONTAINS(out, "Accept: */*\r\n");
+    /* without an id of ours the client's passes through */
+    fh.request_id = NULL;
+    n = head_build_request(&h, &fh, out, sizeof(out) - 1);
+    out[n] = '\0';
+    ASSERT_CONTAINS(out, "X-Request-Id: from-client\r\n");
+    head_dispose(&h);
+
+    load(&h, "OK", (const char *const[]){"X-Request-Id", "upstream-echo", "Content-Length", "0", NULL});
+    struct reply_head rh = {.status = 200, .drop_request_id = true, .extra = "X-Request-Id: ours-1\r\n"};
+    n = head_build_response(&h, &rh, out, sizeof(out) - 1);
+    out[n] = '\0';
+    ASSERT_CONTAINS(out, "X-Request-Id: ours-1\r\n");
+    ASSERT(strstr(out, "upstream-echo") == NULL);
+    head_dispose(&h);
+}
+
 TEST_MAIN()

@@ -49,8 +49,8 @@ TEST(slots_are_zeroed_and_cache_line_aligned)
     }
     struct stats_total t;
     stats_sum(s, &t);
-    ASSERT_EQ(t.requests, 0);
-    ASSERT_EQ(t.active, 0);
+    ASSERT_EQ(STATS_TOTAL(&t, requests), 0);
+    ASSERT_EQ(STATS_TOTAL(&t, active), 0);
     ASSERT_EQ(t.latency.count, 0);
     ASSERT_EQ(hist_quantile(&t.latency, 0.5), 0);
 }
@@ -62,7 +62,7 @@ TEST(default_one_worker)
     STATS_INC(stats_slot(s, 0)->requests);
     struct stats_total t;
     stats_sum(s, &t);
-    ASSERT_EQ(t.requests, 1);
+    ASSERT_EQ(STATS_TOTAL(&t, requests), 1);
 }
 
 TEST(error_names)
@@ -107,10 +107,10 @@ static void *reader(void *arg)
     while (!atomic_load(&writers_done)) {
         stats_sum(race_set, &t);
         /* Each slot has one writer, so every slot and hence the sum only grows. */
-        ASSERT_GE(t.requests, last);
-        ASSERT_LE(t.requests, (uint64_t)NWORKERS * PER_WORKER);
-        ASSERT_LE(t.active, NWORKERS);
-        last = t.requests;
+        ASSERT_GE(STATS_TOTAL(&t, requests), last);
+        ASSERT_LE(STATS_TOTAL(&t, requests), (uint64_t)NWORKERS * PER_WORKER);
+        ASSERT_LE(STATS_TOTAL(&t, active), NWORKERS);
+        last = STATS_TOTAL(&t, requests);
         (*reads)++;
     }
     return NULL;
@@ -134,16 +134,16 @@ TEST(concurrent_writers_and_reader)
     struct stats_total t;
     stats_sum(race_set, &t);
     uint64_t n = (uint64_t)NWORKERS * PER_WORKER;
-    ASSERT_EQ(t.requests, n);
-    ASSERT_EQ(t.status[0], 0);
+    ASSERT_EQ(STATS_TOTAL(&t, requests), n);
+    ASSERT_EQ(STATS_TOTAL(&t, status[0]), 0);
     for (unsigned s = 1; s <= 5; s++)
-        ASSERT_EQ(t.status[s], n / 5);
-    ASSERT_EQ(t.bytes_in, 3 * n);
-    ASSERT_EQ(t.bytes_out, (uint64_t)PER_WORKER * (1 + 2 + 3 + 4));
-    ASSERT_EQ(t.active, 0);
+        ASSERT_EQ(STATS_TOTAL(&t, status[s]), n / 5);
+    ASSERT_EQ(STATS_TOTAL(&t, bytes_in), 3 * n);
+    ASSERT_EQ(STATS_TOTAL(&t, bytes_out), (uint64_t)PER_WORKER * (1 + 2 + 3 + 4));
+    ASSERT_EQ(STATS_TOTAL(&t, active), 0);
     uint64_t errs = 0;
     for (unsigned e = 0; e < STATS_ERR__COUNT; e++)
-        errs += t.errors[e];
+        errs += STATS_TOTAL(&t, errors[e]);
     ASSERT_EQ(errs, n);
     ASSERT_EQ(t.latency.count, n);
     ASSERT_EQ(t.latency.max_us, 999);
@@ -240,6 +240,54 @@ TEST(render_json)
     json = render("nothing");
     ASSERT_STR_EQ(json, "{}");
     free(json);
+}
+
+TEST(render_prometheus)
+{
+    stats_init(2);
+    struct stats_set *a = stats_set_get("route", "we\"ird\\name\n");
+    STATS_ADD(stats_slot(a, 0)->requests, 3);
+    STATS_ADD(stats_slot(a, 1)->requests, 4);
+    STATS_ADD(stats_slot(a, 1)->status[2], 7);
+    STATS_ADD(stats_slot(a, 0)->active, -1);
+    hist_record(&stats_slot(a, 0)->latency, 50);      /* 50 us */
+    hist_record(&stats_slot(a, 1)->latency, 3000);    /* 3 ms */
+    hist_record(&stats_slot(a, 1)->latency, 2000000); /* 2 s */
+    static struct stats_global g = {.name = "things_total", .help = "Things"};
+    stats_global_register(&g);
+    stats_global_register(&g); /* twice is once */
+    stats_global_add(&g, 5);
+    struct strbuf sb;
+    strbuf_init(&sb);
+    stats_render_prometheus(&sb);
+    const char *t = sb.data;
+    const char *label = "{route=\"we\\\"ird\\\\name\\n\"";
+    char want[256];
+    snprintf(want, sizeof(want), "sluice_route_requests_total%s} 7\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_responses_total%s,code=\"2xx\"} 7\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_active%s} -1\n", label);
+    ASSERT_CONTAINS(t, want);
+    ASSERT_CONTAINS(t, "# TYPE sluice_route_active gauge\n");
+    ASSERT_CONTAINS(t, "# TYPE sluice_route_latency_seconds histogram\n");
+    /* one HELP per family, even with several rows (codes) in it */
+    const char *help = strstr(t, "# HELP sluice_route_responses_total");
+    ASSERT(help != NULL && strstr(help + 1, "# HELP sluice_route_responses_total") == NULL);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"0.0001\"} 1\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"0.005\"} 2\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"2.5\"} 3\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_bucket%s,le=\"+Inf\"} 3\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_sum%s} 2.00305\n", label);
+    ASSERT_CONTAINS(t, want);
+    snprintf(want, sizeof(want), "sluice_route_latency_seconds_count%s} 3\n", label);
+    ASSERT_CONTAINS(t, want);
+    ASSERT_CONTAINS(t, "# TYPE sluice_things_total counter\nsluice_things_total 5\n");
+    strbuf_dispose(&sb);
 }
 
 TEST(python_check_catches_failures)
