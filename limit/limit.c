@@ -370,36 +370,31 @@ void limit_sweep(struct limit *l, uint64_t now_ns)
     }
 }
 
-void limit_render_json(struct strbuf *sb, uint64_t now_ns)
+void limit_foreach(void (*cb)(const struct limit_totals *t, void *arg), void *arg, uint64_t now_ns)
 {
     pthread_mutex_lock(&registry_lock);
-    strbuf_puts(sb, "{");
     for (struct list *it = registry.next; it != &registry; it = it->next) {
         struct limit *l = LIST_ENTRY(it, struct limit, link);
-        uint64_t allowed = atomic_load_explicit(&l->global_allowed, memory_order_relaxed);
-        uint64_t limited = atomic_load_explicit(&l->global_limited, memory_order_relaxed);
-        uint64_t keys = 0, max_keys = 0, evictions = 0, fallbacks = 0;
+        struct limit_totals t = {
+            .name = l->name,
+            .allowed = atomic_load_explicit(&l->global_allowed, memory_order_relaxed),
+            .limited = atomic_load_explicit(&l->global_limited, memory_order_relaxed),
+            .redis_errors = atomic_load_explicit(&l->redis_errors, memory_order_relaxed),
+        };
         for (unsigned i = 0; i < l->nshards; i++) {
             struct shard *s = &l->shards[i];
             pthread_mutex_lock(&s->lock);
             sweep_tail(s, now_ns, SIZE_MAX);
-            allowed += s->allowed;
-            limited += s->limited;
-            keys += s->n;
-            max_keys += s->max;
-            evictions += s->evictions;
-            fallbacks += s->fallbacks;
+            t.allowed += s->allowed;
+            t.limited += s->limited;
+            t.keys += s->n;
+            t.max_keys += s->max;
+            t.evictions += s->evictions;
+            t.fallbacks += s->fallbacks;
             pthread_mutex_unlock(&s->lock);
         }
-        strbuf_puts(sb, it == registry.next ? "" : ",");
-        strbuf_json_string(sb, l->name);
-        strbuf_printf(sb,
-                      ":{\"allowed\":%" PRIu64 ",\"limited\":%" PRIu64 ",\"keys\":%" PRIu64 ",\"max_keys\":%" PRIu64
-                      ",\"evictions\":%" PRIu64 ",\"redis_errors\":%" PRIu64 ",\"fallbacks\":%" PRIu64 "}",
-                      allowed, limited, keys, max_keys, evictions,
-                      (uint64_t)atomic_load_explicit(&l->redis_errors, memory_order_relaxed), fallbacks);
+        cb(&t, arg);
     }
-    strbuf_puts(sb, "}");
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -510,22 +505,17 @@ uint64_t limit_inflight_timeout_ms(const struct limit_inflight *li)
     return li->timeout_ms;
 }
 
-void limit_inflight_render_json(struct strbuf *sb)
+void limit_inflight_foreach(void (*cb)(const struct limit_inflight_totals *t, void *arg), void *arg)
 {
     pthread_mutex_lock(&registry_lock);
-    strbuf_puts(sb, "{");
     for (struct list *it = inflight_registry.next; it != &inflight_registry; it = it->next) {
         struct limit_inflight *li = LIST_ENTRY(it, struct limit_inflight, link);
         pthread_mutex_lock(&li->lock);
-        strbuf_puts(sb, it == inflight_registry.next ? "" : ",");
-        strbuf_json_string(sb, li->name);
-        strbuf_printf(sb,
-                      ":{\"max\":%u,\"queue\":%u,\"inflight\":%u,\"queued\":%u,\"admitted\":%" PRIu64
-                      ",\"rejected\":%" PRIu64 ",\"timeouts\":%" PRIu64 "}",
-                      li->max, li->queue_max, li->inflight, li->nqueued, li->admitted, li->rejected, li->timeouts);
+        struct limit_inflight_totals t = {li->name,     li->max,      li->queue_max, li->inflight,
+                                          li->nqueued,  li->admitted, li->rejected,  li->timeouts};
         pthread_mutex_unlock(&li->lock);
+        cb(&t, arg);
     }
-    strbuf_puts(sb, "}");
     pthread_mutex_unlock(&registry_lock);
 }
 

@@ -45,7 +45,6 @@
 #include <stdint.h>
 
 #include "common/list.h"
-#include "common/strbuf.h"
 #include "conf/conf.h"
 
 struct redis_conn;
@@ -105,9 +104,13 @@ void limit_count_fallback(struct limit *l);
 /* Drops expired keys from every shard's LRU tail (reading stats does it). */
 void limit_sweep(struct limit *l, uint64_t now_ns);
 
-/* Appends {"NAME": {...}, ...} of every limit: allowed, limited, keys,
- * max_keys, evictions, redis_errors, fallbacks. */
-void limit_render_json(struct strbuf *sb, uint64_t now_ns);
+/* What the admin endpoints show of a limit (JSON and Prometheus alike). */
+struct limit_totals {
+    const char *name;
+    uint64_t allowed, limited, keys, max_keys, evictions, redis_errors, fallbacks;
+};
+/* Calls cb for every limit, in creation order (expired keys are dropped first). */
+void limit_foreach(void (*cb)(const struct limit_totals *t, void *arg), void *arg, uint64_t now_ns);
 
 /* ---- global limits (limit_redis.c) ---- */
 
@@ -148,8 +151,12 @@ bool limit_inflight_cancel(struct limit_inflight *li, struct limit_waiter *w, bo
 /* Releases a slot: the oldest waiter gets it, or the count drops. */
 void limit_inflight_done(struct limit_inflight *li);
 uint64_t limit_inflight_timeout_ms(const struct limit_inflight *li);
-/* Appends {"NAME": {max, queue, inflight, queued, admitted, rejected, timeouts}, ...}. */
-void limit_inflight_render_json(struct strbuf *sb);
+struct limit_inflight_totals {
+    const char *name; /* "route NAME" or "upstream NAME" */
+    unsigned max, queue_max, inflight, queued;
+    uint64_t admitted, rejected, timeouts;
+};
+void limit_inflight_foreach(void (*cb)(const struct limit_inflight_totals *t, void *arg), void *arg);
 
 /* Frees every limit and in-flight limit (at exit, no worker left). */
 void limit_shutdown_all(void);

@@ -126,6 +126,185 @@ static int handle_purge(const char *query, struct strbuf *body)
     return 200;
 }
 
+/* ---- limits: one snapshot each, rendered as JSON or Prometheus ---- */
+
+struct limit_render {
+    struct strbuf *sb;
+    bool first;
+    int family; /* Prometheus: the family being written */
+};
+
+static void limit_json(const struct limit_totals *t, void *arg)
+{
+    struct limit_render *r = arg;
+    strbuf_puts(r->sb, r->first ? "" : ",");
+    r->first = false;
+    strbuf_json_string(r->sb, t->name);
+    strbuf_printf(r->sb,
+                  ":{\"allowed\":%llu,\"limited\":%llu,\"keys\":%llu,\"max_keys\":%llu,\"evictions\":%llu,"
+                  "\"redis_errors\":%llu,\"fallbacks\":%llu}",
+                  (unsigned long long)t->allowed, (unsigned long long)t->limited, (unsigned long long)t->keys,
+                  (unsigned long long)t->max_keys, (unsigned long long)t->evictions,
+                  (unsigned long long)t->redis_errors, (unsigned long long)t->fallbacks);
+}
+
+static void inflight_json(const struct limit_inflight_totals *t, void *arg)
+{
+    struct limit_render *r = arg;
+    strbuf_puts(r->sb, r->first ? "" : ",");
+    r->first = false;
+    strbuf_json_string(r->sb, t->name);
+    strbuf_printf(r->sb,
+                  ":{\"max\":%u,\"queue\":%u,\"inflight\":%u,\"queued\":%u,\"admitted\":%llu,\"rejected\":%llu,"
+                  "\"timeouts\":%llu}",
+                  t->max, t->queue_max, t->inflight, t->queued, (unsigned long long)t->admitted,
+                  (unsigned long long)t->rejected, (unsigned long long)t->timeouts);
+}
+
+static const struct {
+    const char *name, *type, *help, *label;
+    size_t offset;
+} limit_families[] = {
+    {"sluice_limit_requests_total", "counter", "Requests checked by a rate limit, by decision", "decision=\"allowed\"",
+     offsetof(struct limit_totals, allowed)},
+    {"sluice_limit_requests_total", NULL, NULL, "decision=\"limited\"", offsetof(struct limit_totals, limited)},
+    {"sluice_limit_keys", "gauge", "Keys a limit holds now", NULL, offsetof(struct limit_totals, keys)},
+    {"sluice_limit_max_keys", "gauge", "Keys a limit may hold", NULL, offsetof(struct limit_totals, max_keys)},
+    {"sluice_limit_evictions_total", "counter", "Live keys forgotten to stay within max_keys", NULL,
+     offsetof(struct limit_totals, evictions)},
+    {"sluice_limit_redis_errors_total", "counter", "Global checks Redis could not answer", NULL,
+     offsetof(struct limit_totals, redis_errors)},
+    {"sluice_limit_fallbacks_total", "counter", "Checks decided by on_redis_error", NULL,
+     offsetof(struct limit_totals, fallbacks)},
+};
+
+static void limit_prom(const struct limit_totals *t, void *arg)
+{
+    struct limit_render *r = arg;
+    const char *label = limit_families[r->family].label;
+    strbuf_printf(r->sb, "%s{limit=", limit_families[r->family].name);
+    stats_prom_label_value(r->sb, t->name);
+    strbuf_printf(r->sb, "%s%s} %llu\n", label ? "," : "", label ? label : "",
+                  (unsigned long long)*(const uint64_t *)((const char *)t + limit_families[r->family].offset));
+}
+
+static const struct {
+    const char *name, *type, *help;
+    bool is_count; /* a uint64_t count, else an unsigned gauge */
+    size_t offset;
+} inflight_families[] = {
+    {"sluice_inflight_max", "gauge", "max_inflight: requests allowed in flight", false,
+     offsetof(struct limit_inflight_totals, max)},
+    {"sluice_inflight", "gauge", "max_inflight: requests in flight now", false,
+     offsetof(struct limit_inflight_totals, inflight)},
+    {"sluice_inflight_queued", "gauge", "max_inflight: requests waiting now", false,
+     offsetof(struct limit_inflight_totals, queued)},
+    {"sluice_inflight_admitted_total", "counter", "max_inflight: requests let through", true,
+     offsetof(struct limit_inflight_totals, admitted)},
+    {"sluice_inflight_rejected_total", "counter", "max_inflight: requests refused with a full queue", true,
+     offsetof(struct limit_inflight_totals, rejected)},
+    {"sluice_inflight_timeouts_total", "counter", "max_inflight: requests that waited past queue_timeout", true,
+     offsetof(struct limit_inflight_totals, timeouts)},
+};
+
+static void inflight_prom(const struct limit_inflight_totals *t, void *arg)
+{
+    struct limit_render *r = arg;
+    const char *p = (const char *)t + inflight_families[r->family].offset;
+    unsigned long long v = inflight_families[r->family].is_count ? *(const uint64_t *)p : *(const unsigned *)p;
+    strbuf_printf(r->sb, "%s{name=", inflight_families[r->family].name);
+    stats_prom_label_value(r->sb, t->name);
+    strbuf_printf(r->sb, "} %llu\n", v);
+}
+
+static void render_limits_prom(struct strbuf *sb)
+{
+    struct limit_render r = {.sb = sb};
+    uint64_t now = uv_hrtime();
+    for (r.family = 0; r.family < (int)(sizeof(limit_families) / sizeof(limit_families[0])); r.family++) {
+        if (limit_families[r.family].type != NULL)
+            stats_prom_family(sb, limit_families[r.family].name, limit_families[r.family].type,
+                              limit_families[r.family].help);
+        limit_foreach(limit_prom, &r, now);
+    }
+    for (r.family = 0; r.family < (int)(sizeof(inflight_families) / sizeof(inflight_families[0])); r.family++) {
+        stats_prom_family(sb, inflight_families[r.family].name, inflight_families[r.family].type,
+                          inflight_families[r.family].help);
+        limit_inflight_foreach(inflight_prom, &r);
+    }
+}
+
+/* ---- upstream servers: health, balancing and breakers ---- */
+
+static const char *const breaker_states[] = {"closed", "open", "half_open", "quota"};
+
+static void prom_server_labels(struct strbuf *sb, const struct upstream_group *g, const struct upstream_target *t)
+{
+    strbuf_puts(sb, "{upstream=");
+    stats_prom_label_value(sb, g->conf->name);
+    strbuf_puts(sb, ",server=");
+    stats_prom_label_value(sb, t->conf->name);
+}
+
+/* Families with one sample per server (or per server and state), written a
+ * family at a time as the format asks. */
+static void render_upstreams_prom(struct worker *w, struct strbuf *sb)
+{
+    const struct proxy_gen *gen = w->gen;
+    uint64_t now = uv_now(&w->loop);
+    static const char *const families[][3] = {
+        {"sluice_upstream_server_up", "gauge", "1 when neither health checks nor passive health take it out"},
+        {"sluice_upstream_server_inflight", "gauge", "Requests using the server now, all workers"},
+        {"sluice_upstream_server_latency_ewma_seconds", "gauge", "Moving average of the time to a response head"},
+        {"sluice_breaker_state", "gauge", "1 for the breaker's current state"},
+        {"sluice_breaker_transitions_total", "counter", "Breaker state changes, by the state entered"},
+        {"sluice_breaker_rejected_total", "counter", "Requests a breaker refused"},
+    };
+    for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++) {
+        stats_prom_family(sb, families[f][0], families[f][1], families[f][2]);
+        for (size_t i = 0; i < gen->conf->nupstreams; i++) {
+            const struct upstream_group *g = &gen->groups[i];
+            for (size_t j = 0; j < g->ntargets; j++) {
+                const struct upstream_target *t = &g->targets[j];
+                struct upstream_server *srv = t->srv;
+                struct breaker_counts bc;
+                breaker_counts(&srv->breaker, &bc);
+                enum breaker_state st = breaker_state(&srv->breaker, now);
+                const uint64_t transitions[] = {bc.closed, bc.opened, bc.half_opened, bc.quota};
+                switch (f) {
+                case 0:
+                case 1:
+                case 2:
+                    strbuf_puts(sb, families[f][0]);
+                    prom_server_labels(sb, g, t);
+                    if (f == 0)
+                        strbuf_printf(sb, "} %d\n", upstream_server_is_down(srv, now) ? 0 : 1);
+                    else if (f == 1)
+                        strbuf_printf(sb, "} %u\n", atomic_load(&srv->inflight));
+                    else
+                        strbuf_printf(sb, "} %.6f\n", (double)atomic_load(&srv->ewma_us) / 1e6);
+                    break;
+                case 3:
+                case 4:
+                    for (int s = 0; s < 4; s++) {
+                        strbuf_puts(sb, families[f][0]);
+                        prom_server_labels(sb, g, t);
+                        strbuf_printf(sb, ",state=\"%s\"} %llu\n", breaker_states[s],
+                                      f == 3 ? (unsigned long long)(st == (enum breaker_state)s)
+                                             : (unsigned long long)transitions[s]);
+                    }
+                    break;
+                default:
+                    strbuf_puts(sb, families[f][0]);
+                    prom_server_labels(sb, g, t);
+                    strbuf_printf(sb, "} %llu\n", (unsigned long long)bc.rejected);
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /* Balancing, health and breaker state of the servers of the running conf. */
 static void render_upstreams(struct worker *w, struct strbuf *sb)
 {
@@ -237,9 +416,13 @@ static void render_stats(struct worker *w, struct strbuf *sb)
     struct cache_tier_stats ts;
     cache_tier_get_stats(&ts);
     strbuf_puts(sb, "},\"limits\":"); /* admission control (issue 5) */
-    limit_render_json(sb, uv_hrtime());
-    strbuf_puts(sb, ",\"max_inflight\":");
-    limit_inflight_render_json(sb);
+    struct limit_render lr = {.sb = sb, .first = true};
+    strbuf_puts(sb, "{");
+    limit_foreach(limit_json, &lr, uv_hrtime());
+    strbuf_puts(sb, "},\"max_inflight\":{");
+    lr.first = true;
+    limit_inflight_foreach(inflight_json, &lr);
+    strbuf_puts(sb, "}");
     strbuf_printf(sb,
                   ",\"redis_tier\":{\"puts\":%llu,\"put_errors\":%llu,\"gets\":%llu,\"hits\":%llu,\"misses\":%llu,"
                   "\"get_errors\":%llu,\"bad_blobs\":%llu}",
@@ -288,7 +471,7 @@ static void prom_cache(struct cache *c, const char *name, void *arg)
                   (unsigned long long)*(const uint64_t *)((const char *)&st + cache_families[p->pass].offset));
 }
 
-static void render_metrics(struct strbuf *sb)
+static void render_metrics(struct worker *w, struct strbuf *sb)
 {
     uint64_t uptime_ms = uv_hrtime() / 1000000 - proxy_info.started_ms;
     prom_gauge(sb, "sluice_uptime_seconds", "gauge", "Time since start", (double)uptime_ms / 1000.0);
@@ -319,6 +502,8 @@ static void render_metrics(struct strbuf *sb)
                   "sluice_redis_tier_operations_total{op=\"get\",result=\"error\"} %llu\n",
                   (unsigned long long)(ts.puts - ts.put_errors), (unsigned long long)ts.put_errors,
                   (unsigned long long)ts.hits, (unsigned long long)ts.misses, (unsigned long long)ts.get_errors);
+    render_upstreams_prom(w, sb);
+    render_limits_prom(sb);
     stats_render_prometheus(sb);
 }
 
@@ -405,7 +590,7 @@ int admin_handle(struct worker *w, const char *method, const char *path, const c
         if (!is_get)
             goto not_allowed;
         *content_type = "text/plain; version=0.0.4; charset=utf-8";
-        render_metrics(body);
+        render_metrics(w, body);
         return 200;
     }
     if (plen == 12 && strncmp(path, "/cache/purge", 12) == 0) {
