@@ -377,3 +377,17 @@ def with_22_percent_random_failures_clients_see_over_99_5_percent_success_within
     print("  # %d requests: %.2f%% success, upstream load +%.1f%% (budget 35%%)" % (n, success * 100, extra * 100))
     check(success >= 0.995, "success %.4f" % success)
     check(extra <= 0.35, "extra upstream load %.3f" % extra)
+
+
+@test
+def breaker_and_retry_figures_are_in_metrics():
+    s = Setup(upstream="breaker failures=2 ratio=0% open=5s; retry 1 on=503 backoff=1ms..2ms;")
+    s.get("/status/503")
+    s.get("/status/503")
+    text = http_get(s.admin_port, "/metrics").text
+    server = 'upstream="u",server="%s"' % s.origins[0].addr
+    check('sluice_breaker_state{%s,state="open"} 1' % server in text, "open state in /metrics")
+    check('sluice_breaker_transitions_total{%s,state="open"} 1' % server in text, "transition counted")
+    check('sluice_upstream_server_up{%s} 1' % server in text, "health up")
+    check(any(l.startswith("sluice_route_retries_total{") and not l.endswith(" 0") for l in text.splitlines()),
+          "retries counted per route")
