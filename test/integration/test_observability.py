@@ -122,9 +122,9 @@ def postgres():
 
 # ---------------------------------------------------------------- /metrics, token, /ready
 
-def obs_env(top="", server="", route=""):
-    return Env(lambda env: basic_conf(env, top=top, server=server, route=route,
-                                      routes=[("/", route), ("/hello", "cache main;")])
+def obs_env(top="", server="", route="", upstream="", routes=()):
+    return Env(lambda env: basic_conf(env, top=top, server=server, route=route, upstream=upstream,
+                                      routes=[("/", route), ("/hello", "cache main;")] + list(routes))
                .replace("upstream origin {", conf_block("cache main", "memory 8m;") + "upstream origin {"))
 
 
@@ -447,6 +447,11 @@ function cells(sel) {
 }
 return {polls: Number(document.body.getAttribute("data-polls") || 0), error: document.getElementById("error").textContent,
         routes: cells("#routes"), servers: cells("#servers"),
+        breakers: Array.prototype.map.call(document.querySelectorAll("#servers tbody td.breaker"),
+                                           function (td) { return td.textContent; }),
+        limited: Array.prototype.map.call(document.querySelectorAll("#limits tbody .limited"),
+                                          function (e) { return Number(e.textContent); }),
+        inflight: document.querySelectorAll("#inflight tbody tr").length,
         counters: document.querySelectorAll("#counters tbody tr").length};
 """
 
@@ -454,13 +459,21 @@ return {polls: Number(document.body.getAttribute("data-polls") || 0), error: doc
 @test(timeout=120)
 def dashboard_renders_live_figures_in_chromium():
     log = tmp_path("access.log")
-    env = obs_env(top="access_log %s json;" % log)
+    env = obs_env(top="access_log %s json;\nlimit tight { key ip; rate 1/m; }" % log, upstream="breaker on;",
+                  routes=[("/limited", "limit tight;\nmax_inflight 50;")])
     stop = threading.Event()
     counts = [0, 0]
     worker = threading.Thread(target=load, args=(env.port, 60, counts, stop, "/echo"))
     cached = threading.Thread(target=lambda: [env.get("/hello") for _ in range(200) if not stop.is_set()])
+
+    def limited():
+        while not stop.is_set():
+            env.get("/limited")
+            time.sleep(0.05)
+    rejected = threading.Thread(target=limited)
     worker.start()
     cached.start()
+    rejected.start()
     browser = WebDriver()
     try:
         browser.open("http://127.0.0.1:%d/dashboard" % env.admin_port)
@@ -470,14 +483,20 @@ def dashboard_renders_live_figures_in_chromium():
             f = browser.js(FIGURES)
             rows = {r["name"]: r for r in f["routes"]}
             r = rows.get(route)
-            if f["polls"] >= 4 and r and float(r["rate"]) > 0 and r["points"] >= 3:
+            if (f["polls"] >= 4 and r and float(r["rate"]) > 0 and r["points"] >= 3 and f["limited"]
+                    and max(f["limited"]) > 0):
                 return f
             return None
-        f = wait_until(rendered, 30 * SLOW, interval=0.5, what="the dashboard showing live figures")
+        try:
+            f = wait_until(rendered, 30 * SLOW, interval=0.5, what="the dashboard showing live figures")
+        except Exception:
+            print("  # last figures: %r" % browser.js(FIGURES))
+            raise
     finally:
         stop.set()
         worker.join()
         cached.join()
+        rejected.join()
         browser.quit()
     eq(f["error"], "", "no fetch error on the page")
     rows = {r["name"]: r for r in f["routes"]}
@@ -490,4 +509,6 @@ def dashboard_renders_live_figures_in_chromium():
     s = servers["origin/" + env.origin.addr]
     check(float(s["rate"]) >= 0 and s["lines"] == 3 and float(s["p99"]) >= float(s["p50"]), s)
     check(f["counters"] >= 4, "access log counters listed")
+    check("closed" in f["breakers"], "breaker states shown: %r" % f["breakers"])
+    check(f["inflight"] >= 1, "max_inflight rows shown")
     eq(counts[1], 0, "failed requests under load")
