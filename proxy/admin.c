@@ -519,13 +519,32 @@ static int render_ready(struct worker *w, struct strbuf *sb)
     bool ready = !w->is_draining && listeners > 0;
     strbuf_printf(sb, "{\"status\":\"%s\",\"listeners\":%u,\"upstreams\":{", w->is_draining ? "draining"
                   : ready ? "ready" : "not_ready", listeners);
+    /* an upstream with no server to send to makes the instance degraded, not
+     * unready: every instance sees the same upstream, so taking this one out
+     * of a load balancer would not help */
+    bool degraded = false;
+    uint64_t now = uv_now(&w->loop);
     for (size_t i = 0; i < conf->nupstreams; i++) {
+        const struct upstream_group *g = &w->gen->groups[i];
+        unsigned down = 0, open = 0;
+        for (size_t j = 0; j < g->ntargets; j++) {
+            struct upstream_server *srv = g->targets[j].srv;
+            enum breaker_state st = breaker_state(&srv->breaker, now);
+            if (upstream_server_is_down(srv, now))
+                down++;
+            else if ((g->conf->breaker.enabled || breaker_forced(&srv->breaker) != BREAKER_AUTO) &&
+                     (st == BREAKER_OPEN || st == BREAKER_QUOTA))
+                open++;
+        }
+        unsigned available = (unsigned)g->ntargets - down - open;
+        degraded |= available == 0;
         strbuf_puts(sb, i ? "," : "");
         strbuf_json_string(sb, conf->upstreams[i].name);
-        strbuf_printf(sb, ":{\"servers\":%zu}", conf->upstreams[i].nservers);
+        strbuf_printf(sb, ":{\"servers\":%zu,\"available\":%u,\"down\":%u,\"breaker_open\":%u}", g->ntargets,
+                      available, down, open);
     }
-    /* breakers (issue 4) add their states here */
-    strbuf_printf(sb, "},\"redis\":\"%s\",\"analytics\":\"%s\"}\n", redis, obs_analytics_state());
+    strbuf_printf(sb, "},\"degraded\":%s,\"redis\":\"%s\",\"analytics\":\"%s\"}\n", degraded ? "true" : "false",
+                  redis, obs_analytics_state());
     return ready ? 200 : 503;
 }
 

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 
-from harness import (SLOW, Env, Proc, basic_conf, check, conf_block, eq, free_port, http_get, port_open,
+from harness import (SLOW, Client, Env, Proc, basic_conf, check, conf_block, eq, free_port, http_get, port_open,
                      run_dir, shared, test, tmp_path, wait_until)
 
 
@@ -183,6 +183,13 @@ def ready_reports_listeners_and_dependencies():
     eq(d["redis"], "off")
     check(d["listeners"] >= 1, d)
     eq(list(d["upstreams"]), ["origin"])
+    eq(d["upstreams"]["origin"], {"servers": 1, "available": 1, "down": 0, "breaker_open": 0})
+    eq(d["degraded"], False)
+    # a breaker forced open leaves the upstream with nothing to send to
+    with Client(env.admin_port) as c:
+        eq(c.request("POST", "/breaker?server=origin/%s&state=open" % env.origin.addr).status, 200)
+    d = http_get(env.admin_port, "/ready").json()
+    eq((d["status"], d["degraded"], d["upstreams"]["origin"]["breaker_open"]), ("ready", True, 1))
 
 
 # ---------------------------------------------------------------- access log, slow log, Server-Timing
