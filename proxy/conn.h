@@ -122,6 +122,12 @@ struct conn {
     int64_t t_head_wall_ms; /* the response head arrived: the response_time of RFC 9111 4.2.3 */
     char *held;  /* a request body kept for its hash and for replay upstream */
     size_t held_len, held_cap;
+
+    /* hostile input: head syntax llhttp 8 lets through, per-IP limit */
+    bool head_cr;                 /* the last request head byte parsed was CR */
+    const char *rs_value_end;     /* like value_end, for obs-fold in upstream heads */
+    struct buf *rs_value_end_blk;
+    bool ip_counted;              /* holds a max_connections_per_ip slot */
 };
 
 #define CACHE_KEY_MAX 16384

@@ -625,9 +625,13 @@ static void up_on_timer(uv_timer_t *t)
     struct conn *c = uc->owner;
     if (c == NULL)
         return;
-    if (c->state == CS_WAIT)
+    if (c->state == CS_WAIT) {
         up_fail(c, STATS_ERR_CONNECT_TIMEOUT, UV_ETIMEDOUT);
-    else if (!c->rs_head_sent)
+    } else if (!c->rq_body_done && !c->rs_started) {
+        /* the upstream cannot answer a request it has not fully received:
+         * a slow client is client_body_timeout's business */
+        uv_timer_start(&uc->timer, up_on_timer, c->rt->group->conf->header_timeout_ms, 0);
+    } else if (!c->rs_head_sent)
         up_fail(c, STATS_ERR_HEADER_TIMEOUT, UV_ETIMEDOUT);
     else
         up_fail(c, STATS_ERR_IDLE_TIMEOUT, UV_ETIMEDOUT);
@@ -709,6 +713,8 @@ static int rs_on_message_begin(llhttp_t *p)
 {
     struct conn *c = p->data;
     c->rs_started = true;
+    head_start(&c->rs, HEAD_STORE_MAX, UPSTREAM_MAX_HEADERS);
+    c->rs_value_end_blk = NULL;
     return 0;
 }
 
@@ -723,6 +729,8 @@ static int rs_on_header_field(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rs_trailers)
         return 0;
+    if (!head_token_ok(at, len))
+        return HPE_USER;
     return head_add(&c->rs, HEAD_NAME, at, len) == 0 ? 0 : HPE_USER;
 }
 
@@ -731,8 +739,13 @@ static int rs_on_header_value(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rs_trailers)
         return 0;
+    /* obs-fold: never passed on to a client (spotted as in rq_on_header_value) */
+    if (c->rs.last == HEAD_VALUE && c->rs_value_end_blk == c->up_parsing && at != c->rs_value_end)
+        return HPE_USER;
     if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
-        return HPE_USER; /* obs-fold: never passed on to a client */
+        return HPE_USER;
+    c->rs_value_end = at + len;
+    c->rs_value_end_blk = c->up_parsing;
     return head_add(&c->rs, HEAD_VALUE, at, len) == 0 ? 0 : HPE_USER;
 }
 
@@ -747,6 +760,16 @@ static int rs_on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
     unsigned status = p->status_code;
+    /* llhttp takes 1 to 3 digits; RFC 9110 15 wants 3, 1xx to 5xx */
+    if (status < 100 || status > 599)
+        return -1;
+    /* a coding other than chunked would reach the client undecoded once
+     * sluice re-frames the body */
+    if (p->flags & F_TRANSFER_ENCODING) {
+        char te[64];
+        if (head_get_all(&c->rs, "transfer-encoding", te, sizeof(te)) < 0 || strcasecmp(te, "chunked") != 0)
+            return -1;
+    }
     if (status >= 100 && status < 200 && status != 101) {
         c->rs_interim = true;
         return 0;
@@ -1034,6 +1057,9 @@ static int rq_limit(struct conn *c, int status, const char *reason)
 static int rq_on_url(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    /* llhttp 8 skips repeated spaces; RFC 9112 3 allows exactly one */
+    if (c->rq.first_len == 0 && at - c->parsing->data >= 2 && at[-2] == ' ')
+        return rq_limit(c, 400, "more than one space in the request line");
     if (c->rq.first_len + len > c->srv->max_uri_size)
         return rq_limit(c, 414, "request target longer than max_uri_size");
     if (head_add(&c->rq, HEAD_FIRST, at, len) != 0)
@@ -1046,6 +1072,8 @@ static int rq_on_header_field(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rq_trailers)
         return 0;
+    if (!head_token_ok(at, len))
+        return rq_limit(c, 400, "invalid character in a header name");
     int rc = head_add(&c->rq, HEAD_NAME, at, len);
     if (rc == -ENOSPC)
         return rq_limit(c, 431, "request head larger than max_header_size");
@@ -1110,14 +1138,21 @@ static int rq_on_headers_complete(llhttp_t *p)
         c->err_status = 413;
         c->err_reason = "request body larger than max_body_size";
     }
-    if (c->http_major != 1) {
+    if (c->http_major == 0) {
+        c->err_status = 400;
+        c->err_reason = "malformed request line";
+    } else if (c->http_major != 1) {
         c->err_status = 505;
         c->err_reason = "only HTTP/1.0 and HTTP/1.1 are spoken here";
     }
     /* chunked alone: another coding before it would be dropped on the way
      * upstream (the body is re-framed), so it is refused, not passed on */
     char te[64];
-    if (c->rq_chunked && (!head_get(&c->rq, "transfer-encoding", te, sizeof(te)) || strcasecmp(te, "chunked") != 0)) {
+    /* RFC 9112 6.1: framing an HTTP/1.0 peer may not understand is faulty */
+    if ((p->flags & F_TRANSFER_ENCODING) && c->http_major == 1 && c->http_minor == 0) {
+        c->err_status = 400;
+        c->err_reason = "Transfer-Encoding in an HTTP/1.0 request";
+    } else if (c->rq_chunked && (!head_get(&c->rq, "transfer-encoding", te, sizeof(te)) || strcasecmp(te, "chunked") != 0)) {
         c->err_status = 501;
         c->err_reason = "transfer codings other than chunked are not supported";
     }
@@ -1283,6 +1318,21 @@ static void parse_error(struct conn *c)
         respond_error(c, 400, "malformed request: %s", llhttp_get_error_reason(&c->parser));
 }
 
+/* llhttp 8 takes a bare LF for a line end; RFC 9112 2.2 lets a recipient do
+ * so, but a proxy that does reads lines another server may join: refused. */
+static bool head_lines_crlf(struct conn *c, const char *p, size_t n)
+{
+    const char *lf = memchr(p, '\n', n);
+    while (lf != NULL) {
+        if (!(lf > p ? lf[-1] == '\r' : c->head_cr))
+            return false;
+        lf = memchr(lf + 1, '\n', n - (size_t)(lf + 1 - p));
+    }
+    if (n > 0)
+        c->head_cr = p[n - 1] == '\r';
+    return true;
+}
+
 /* Runs the parser over the pending bytes until they are used up or it
  * pauses.  Never re-entered: a request that completes synchronously inside
  * (a local answer, a pooled upstream) resumes the parser and the loop here
@@ -1296,6 +1346,7 @@ static void parse_pending(struct conn *c)
            llhttp_get_errno(&c->parser) == HPE_OK) {
         struct buf *blk = c->pend;
         const char *start = blk->data + c->pend_off;
+        bool in_head = c->state == CS_IDLE || c->state == CS_HEAD;
         c->parsing = blk;
         llhttp_errno_t err = llhttp_execute(&c->parser, start, c->pend_len);
         c->parsing = NULL;
@@ -1304,6 +1355,13 @@ static void parse_pending(struct conn *c)
             const char *pos = llhttp_get_error_pos(&c->parser);
             if (pos != NULL && pos >= start && pos <= start + c->pend_len)
                 used = (size_t)(pos - start);
+        }
+        /* the parser stops at the end of a head (pause), so used covers
+         * head bytes only: checked before the request is dispatched */
+        if (in_head && !head_lines_crlf(c, start, used) && !c->err_status) {
+            c->err_status = 400;
+            c->err_reason = "a line of the request head ends in a bare LF";
+            err = HPE_USER;
         }
         c->bytes_in += used;
         c->pend_off += used;
