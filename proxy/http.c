@@ -34,6 +34,7 @@
 #include "common/outq.h"
 #include "common/strbuf.h"
 #include "proxy/conn.h"
+#include "proxy/iplimit.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define OUT_LOW_WATER (64 * 1024)
@@ -237,6 +238,8 @@ static void conn_close(struct conn *c)
         c->pend = NULL;
     }
     req_release(c);
+    if (c->ip_counted)
+        iplimit_release(c->peer);
     proxy_gen_unref(c->gen);
     list_remove(&c->link);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -1535,6 +1538,16 @@ void conn_accept(struct listener *l)
                         proxy_info.max_connections);
         conn_close(c);
         return;
+    }
+    unsigned per_ip = c->gen->conf->max_connections_per_ip;
+    if (per_ip > 0 && !l->is_admin) {
+        c->ip_counted = iplimit_acquire(c->peer, per_ip);
+        if (!c->ip_counted) {
+            LOG_RATELIMITED(LOG_WARN, "proxy", "max_connections_per_ip (%u) reached by %s: closing", per_ip,
+                            c->peer);
+            conn_close(c);
+            return;
+        }
     }
     timer_set(c, TK_IDLE, c->srv->client_header_timeout_ms);
     conn_read_start(c);

@@ -598,6 +598,11 @@ def per_ip_conf(env):
 @test
 def max_connections_per_ip_refuses_the_fourth():
     e = Env(per_ip_conf)
+
+    def probes_gone():
+        with Client(e.admin_port) as a:
+            return a.get("/stats").json()["connections"] <= 1
+    wait_until(probes_gone, 5 * SLOW, what="the start-up probes' connections to close")
     clients = [e.client() for _ in range(3)]
     for c in clients:
         eq(c.get("/hello").status, 200, "within the limit")
