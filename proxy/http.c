@@ -724,6 +724,10 @@ static int rs_on_message_begin(llhttp_t *p)
 static int rs_on_status(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    /* reason-phrase: HTAB, SP, VCHAR, obs-text (RFC 9112 4) */
+    for (size_t i = 0; i < len; i++)
+        if (((unsigned char)at[i] < ' ' && at[i] != '\t') || at[i] == 0x7f)
+            return HPE_USER;
     return head_add(&c->rs, HEAD_FIRST, at, len) == 0 ? 0 : HPE_USER;
 }
 
@@ -750,6 +754,14 @@ static int rs_on_header_value(llhttp_t *p, const char *at, size_t len)
     c->rs_value_end = at + len;
     c->rs_value_end_blk = c->up_parsing;
     return head_add(&c->rs, HEAD_VALUE, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int rs_on_header_field_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->rs_trailers)
+        return 0;
+    return c->rs.last == HEAD_NAME && c->rs.fields[c->rs.n - 1].name_len > 0 ? 0 : HPE_USER;
 }
 
 static int rs_on_header_value_complete(llhttp_t *p)
@@ -867,6 +879,7 @@ static const llhttp_settings_t response_settings = {
     .on_status = rs_on_status,
     .on_header_field = rs_on_header_field,
     .on_header_value = rs_on_header_value,
+    .on_header_field_complete = rs_on_header_field_complete,
     .on_header_value_complete = rs_on_header_value_complete,
     .on_headers_complete = rs_on_headers_complete,
     .on_chunk_header = rs_on_chunk_header,
@@ -1379,6 +1392,9 @@ static void parse_pending(struct conn *c)
         }
         if (c->uc != NULL && outq_backlog(&c->uc->out) > OUT_HIGH_WATER)
             c->read_paused_bp = true;
+        /* an upgrade the upstream declined: what follows is the next request */
+        if (err == HPE_PAUSED_UPGRADE && c->state == CS_IDLE)
+            llhttp_resume_after_upgrade(&c->parser);
         if (err == HPE_OK || err == HPE_PAUSED_UPGRADE)
             continue;
         if (err == HPE_PAUSED) {

@@ -159,6 +159,8 @@ SCRIPTS = {
     "obs_fold": [("send", b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 3\r\n\r\nabc")],
     "ctl_in_value": [("send", b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 3\r\n\r\nabc")],
     "nul_in_value": [("send", b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 3\r\n\r\nabc")],
+    "nul_in_reason": [("send", b"HTTP/1.1 200 O\x00K\r\nContent-Length: 3\r\n\r\nabc")],
+    "empty_name": [("send", b"HTTP/1.1 200 OK\r\n: v\r\nContent-Length: 3\r\n\r\nabc")],
     "space_before_colon": [("send", b"HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc")],
     "huge_head": [("send", b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"b" * (200 * KiB) + b"\r\n"
                            b"Content-Length: 3\r\n\r\nabc")],
@@ -436,6 +438,23 @@ def pipelining_after_a_malformed_request():
 
 
 @test
+def declined_upgrade_then_the_next_request():
+    """Found by request_fuzz: the parser stayed in upgrade mode after a non-101 answer and the connection
+    hung with the client's next bytes unread."""
+    e = env()
+    with e.client() as c:
+        c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+               b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        eq(c.read_response().status, 200, "the upgrade request answered without switching")
+        eq(c.read_response().status, 200, "the request after it")
+    with e.client() as c:
+        c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw")
+        eq(c.read_response().status, 200, "declined upgrade")
+        eq(c.read_response().status, 400, "the bytes after it are a (bad) next request")
+        check(c.closed_by_peer(2 * SLOW), "closed")
+
+
+@test
 def pipelined_flood_is_answered_in_order():
     e = env()
     e.raw.reset()
@@ -452,7 +471,7 @@ def pipelined_flood_is_answered_in_order():
 UPSTREAM_502 = ["reset_before_head", "close_before_head", "close_mid_head", "bad_status_letters",
                 "bad_status_short", "bad_status_long", "bad_status_version", "bad_status_garbage", "bad_status_09",
                 "dup_cl_differ", "cl_list", "negative_cl", "plus_cl", "huge_cl", "cl_and_te", "te_gzip_chunked",
-                "te_gzip_only", "bare_lf", "obs_fold", "ctl_in_value", "nul_in_value", "space_before_colon",
+                "te_gzip_only", "bare_lf", "obs_fold", "ctl_in_value", "nul_in_value", "nul_in_reason", "empty_name", "space_before_colon",
                 "huge_head", "many_headers", "unasked_101"]
 
 

@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: MIT */
+#include "test/fuzz/proxy_harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int sluice_main(int argc, char **argv);
+
+#define IO_TIMEOUT_MS 10000 /* far above every timeout of the conf below: past it, sluice hung */
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static char *answer; /* what the upstream sends, under lock */
+static size_t answer_len;
+static int sluice_port;
+
+static void die(const char *what, const char *data, size_t len)
+{
+    fprintf(stderr, "fuzz harness: %s: %.*s\n", what, (int)(len > 2000 ? 2000 : len), data);
+    abort();
+}
+
+static int listen_any(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 128) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        die("listen", strerror(errno), strlen(strerror(errno)));
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static bool is_tchar(unsigned char ch)
+{
+    return ch > ' ' && ch < 0x7f && strchr("\"(),/:;<=>?@[\\]{}", ch) == NULL;
+}
+
+/* "METHOD /origin-form" or "OPTIONS *": one space, no control or space in the target. */
+static bool target_ok(const char *l, size_t n)
+{
+    const char *sp = memchr(l, ' ', n);
+    if (sp == NULL || sp == l || sp + 1 == l + n || (sp[1] != '/' && !(sp[1] == '*' && sp + 2 == l + n)))
+        return false;
+    for (const char *p = sp + 1; p < l + n; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return false;
+    return true;
+}
+
+/* One head (through the blank line) as sluice wrote it: CRLF lines only, a
+ * first line, fields "token: value" without controls.  Counts the fields
+ * that decide framing. */
+static void check_head(const char *h, size_t len, bool is_request)
+{
+    size_t i = 0, line = 0;
+    unsigned hosts = 0, cls = 0, tes = 0;
+    while (i < len) {
+        const char *eol = memchr(h + i, '\n', len - i);
+        if (eol == NULL || eol == h + i || eol[-1] != '\r')
+            die("head line not ended by CRLF", h, len);
+        size_t n = (size_t)(eol - 1 - (h + i));
+        const char *l = h + i;
+        if (memchr(l, '\r', n) != NULL)
+            die("bare CR in a head", h, len);
+        if (n == 0)
+            break;
+        if (line == 0) {
+            if (is_request ? (n < 14 || memcmp(l + n - 9, " HTTP/1.1", 9) != 0 || !target_ok(l, n - 9))
+                           : (n < 12 || memcmp(l, "HTTP/1.1 ", 9) != 0))
+                die("first line", h, len);
+        } else {
+            size_t k = 0;
+            while (k < n && l[k] != ':')
+                if (!is_tchar((unsigned char)l[k++]))
+                    die("field name", h, len);
+            if (k == 0 || k == n)
+                die("field line", h, len);
+            for (size_t j = k + 1; j < n; j++)
+                if (((unsigned char)l[j] < ' ' && l[j] != '\t') || l[j] == 0x7f)
+                    die("control character in a value", h, len);
+            hosts += k == 4 && strncasecmp(l, "host", 4) == 0;
+            cls += k == 14 && strncasecmp(l, "content-length", 14) == 0;
+            tes += k == 17 && strncasecmp(l, "transfer-encoding", 17) == 0;
+        }
+        line++;
+        i = (size_t)(eol + 1 - h);
+    }
+    if (cls > 1 || (cls && tes) || tes > 1 || (is_request && hosts != 1))
+        die("framing fields", h, len);
+}
+
+static ssize_t read_head(int fd, char *buf, size_t cap)
+{
+    size_t got = 0;
+    while (got < cap) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, IO_TIMEOUT_MS) <= 0)
+            return -1;
+        ssize_t n = read(fd, buf + got, cap - got);
+        if (n <= 0)
+            return (ssize_t)got;
+        got += (size_t)n;
+        if (memmem(buf, got, "\r\n\r\n", 4) != NULL)
+            return (ssize_t)got;
+    }
+    return (ssize_t)got;
+}
+
+static void *upstream_main(void *arg)
+{
+    int lfd = *(int *)arg;
+    static char buf[256 * 1024];
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        ssize_t n = read_head(fd, buf, sizeof(buf));
+        const char *end = n > 0 ? memmem(buf, (size_t)n, "\r\n\r\n", 4) : NULL;
+        if (end != NULL)
+            check_head(buf, (size_t)(end + 4 - buf), true);
+        pthread_mutex_lock(&lock);
+        if (answer_len > 0 && write(fd, answer, answer_len) < 0) {
+            /* sluice gave up on this connection: nothing to check */
+        }
+        pthread_mutex_unlock(&lock);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void *sluice_thread(void *arg)
+{
+    char *argv[] = {"sluice", "-c", arg, NULL};
+    exit(sluice_main(3, argv));
+}
+
+void fuzz_proxy_start(void)
+{
+    if (sluice_port != 0)
+        return;
+    static int up_fd;
+    int up_port;
+    up_fd = listen_any(&up_port);
+    int probe = listen_any(&sluice_port);
+    close(probe);
+    static char path[] = "/tmp/sluice-fuzz-XXXXXX";
+    int cfd = mkstemp(path);
+    FILE *f = cfd >= 0 ? fdopen(cfd, "w") : NULL;
+    if (f == NULL)
+        die("conf", path, strlen(path));
+    fprintf(f,
+            "workers 1;\nerror_log stderr error;\nadmin off;\n"
+            "cache c { memory 1m; max_object 64k; }\n"
+            "upstream u { server 127.0.0.1:%d; keepalive 4; connect_timeout 1s; header_timeout 2s; "
+            "idle_timeout 2s; }\n"
+            "server {\n listen 127.0.0.1:%d;\n server_name a.test *.b.test;\n"
+            " client_header_timeout 2s; client_body_timeout 2s; keepalive_timeout 2s; send_timeout 2s;\n"
+            " max_header_size 4k; max_headers 40; max_uri_size 1k; max_body_size 64k;\n"
+            " route / { upstream u; set_header X-Set v; remove_header Cookie; remove_response_header Server; }\n"
+            " route /c/ { upstream u; cache c { ttl 10s; stale_if_error 10s; key method,path,header:X-K; } }\n"
+            " route /j/ { upstream u; cache c { ttl_from json:data.status done=1m; } }\n"
+            "}\n"
+            "server {\n listen 127.0.0.1:%d;\n server_name other.test;\n process_time_header off;\n"
+            " route /o/ { upstream u; set_response_header X-R r; }\n}\n",
+            up_port, sluice_port, sluice_port);
+    fclose(f);
+    pthread_t t;
+    pthread_create(&t, NULL, upstream_main, &up_fd);
+    pthread_create(&t, NULL, sluice_thread, path);
+    for (int i = 0; i < 500; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sluice_port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+        close(fd);
+        if (rc == 0)
+            return;
+        usleep(10000);
+    }
+    die("sluice did not start", path, strlen(path));
+}
+
+void fuzz_proxy_exchange(const char *req, size_t req_len, const char *resp, size_t resp_len)
+{
+    pthread_mutex_lock(&lock);
+    free(answer);
+    answer = malloc(resp_len ? resp_len : 1);
+    memcpy(answer, resp, resp_len);
+    answer_len = resp_len;
+    pthread_mutex_unlock(&lock);
+
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sluice_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+        die("connect to sluice", strerror(errno), strlen(strerror(errno)));
+    /* sluice may answer and close before reading everything: a reset is fine */
+    size_t off = 0;
+    while (off < req_len) {
+        ssize_t n = send(fd, req + off, req_len - off, MSG_NOSIGNAL);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    shutdown(fd, SHUT_WR);
+    static char buf[1 << 20];
+    size_t got = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, IO_TIMEOUT_MS) <= 0)
+            die("sluice did not finish the exchange", req, req_len);
+        ssize_t n = read(fd, buf + got, sizeof(buf) - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        if (got == sizeof(buf))
+            got = 0; /* only the first head is checked */
+    }
+    close(fd);
+    const char *end = got > 0 ? memmem(buf, got, "\r\n\r\n", 4) : NULL;
+    if (end != NULL && memcmp(buf, "HTTP/1.1 ", 9) == 0)
+        check_head(buf, (size_t)(end + 4 - buf), false);
+}
