@@ -1076,6 +1076,10 @@ static int rq_on_url(llhttp_t *p, const char *at, size_t len)
     /* llhttp 8 skips repeated spaces; RFC 9112 3 allows exactly one */
     if (c->rq.first_len == 0 && at - c->parsing->data >= 2 && at[-2] == ' ')
         return rq_limit(c, 400, "more than one space in the request line");
+    /* llhttp 8 lets HTAB through; an upstream may split the line there */
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)at[i] <= ' ' || at[i] == 0x7f)
+            return rq_limit(c, 400, "a control character in the request target");
     if (c->rq.first_len + len > c->srv->max_uri_size)
         return rq_limit(c, 414, "request target longer than max_uri_size");
     if (head_add(&c->rq, HEAD_FIRST, at, len) != 0)

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 int sluice_main(int argc, char **argv);
 
+#define HEAD_MAX (256 * 1024)
 #define IO_TIMEOUT_MS 10000 /* far above every timeout of the conf below: past it, sluice hung */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -117,24 +119,38 @@ static ssize_t read_head(int fd, char *buf, size_t cap)
     return (ssize_t)got;
 }
 
-static void *upstream_main(void *arg)
+/* One upstream connection, in its own thread: a connection sluice opens
+ * and leaves silent (a pooled one) must not hold up the next. */
+static void *upstream_conn(void *arg)
 {
-    int lfd = *(int *)arg;
-    static char buf[256 * 1024];
-    for (;;) {
-        int fd = accept(lfd, NULL, NULL);
-        if (fd < 0)
-            continue;
-        ssize_t n = read_head(fd, buf, sizeof(buf));
-        const char *end = n > 0 ? memmem(buf, (size_t)n, "\r\n\r\n", 4) : NULL;
-        if (end != NULL)
-            check_head(buf, (size_t)(end + 4 - buf), true);
+    int fd = (int)(intptr_t)arg;
+    char *buf = malloc(HEAD_MAX);
+    ssize_t n = buf != NULL ? read_head(fd, buf, HEAD_MAX) : -1;
+    const char *end = n > 0 ? memmem(buf, (size_t)n, "\r\n\r\n", 4) : NULL;
+    if (end != NULL)
+        check_head(buf, (size_t)(end + 4 - buf), true);
+    if (n > 0) {
         pthread_mutex_lock(&lock);
         if (answer_len > 0 && write(fd, answer, answer_len) < 0) {
             /* sluice gave up on this connection: nothing to check */
         }
         pthread_mutex_unlock(&lock);
-        close(fd);
+    }
+    free(buf);
+    close(fd);
+    return NULL;
+}
+
+static void *upstream_main(void *arg)
+{
+    int lfd = *(int *)arg;
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        pthread_t t;
+        if (fd >= 0 && pthread_create(&t, NULL, upstream_conn, (void *)(intptr_t)fd) == 0)
+            pthread_detach(t);
+        else if (fd >= 0)
+            close(fd);
     }
     return NULL;
 }

@@ -284,6 +284,8 @@ SMUGGLING = [
     ("absolute-form with userinfo", b"GET http://x@evil/x HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("target not starting with a slash", b"GET x HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("target with a control character", b"GET /x\x01y HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("target with a tab (found by request_fuzz)", b"GET /x\ty HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("target ending in a tab", b"GET /x\t HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("two spaces in the request line", b"GET  /x HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("lowercase method", b"get /x HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("no version", b"GET /x\r\nHost: x\r\n\r\n"),
