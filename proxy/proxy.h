@@ -94,6 +94,7 @@ struct worker {
     struct stats_counters *proc; /* this worker's slot of the "process" set */
     bool is_draining;
     bool is_stopping;
+    bool is_inbox_closed; /* under lock: the async handle is closing, posts are dropped */
 };
 
 /* Process-wide facts the admin endpoint reports. */
