@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 int sluice_main(int argc, char **argv);
@@ -24,6 +25,59 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char *answer; /* what the upstream sends, under lock */
 static size_t answer_len;
 static int sluice_port;
+
+/* poll for input up to ms, through the EINTRs libFuzzer's SIGALRM (-timeout)
+ * causes in every thread: > 0 readable, 0 timed out */
+static int wait_readable(int fd, int ms)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int rc = poll(&p, 1, ms);
+        if (rc >= 0 || errno != EINTR)
+            return rc;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        int spent = (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+        if (spent >= ms)
+            return 0;
+        ms -= spent;
+        t0 = t1;
+    }
+}
+
+static ssize_t read_retry(int fd, char *buf, size_t cap)
+{
+    ssize_t n;
+    do
+        n = read(fd, buf, cap);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+static int admin_port;
+
+/* On a hang: what sluice's /stats says (or that the worker does not answer). */
+static void dump_stats(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)admin_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    static const char q[] = "GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || write(fd, q, sizeof(q) - 1) < 0) {
+        close(fd);
+        return;
+    }
+    static char out[65536];
+    size_t got = 0;
+    while (got < sizeof(out) - 1 && wait_readable(fd, 2000) > 0) {
+        ssize_t n = read_retry(fd, out + got, sizeof(out) - 1 - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    fprintf(stderr, "fuzz harness: sluice /stats (%zu bytes): %.*s\n", got, (int)got, out);
+}
 
 static void die(const char *what, const char *data, size_t len)
 {
@@ -106,10 +160,9 @@ static ssize_t read_head(int fd, char *buf, size_t cap)
 {
     size_t got = 0;
     while (got < cap) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, IO_TIMEOUT_MS) <= 0)
+        if (wait_readable(fd, IO_TIMEOUT_MS) <= 0)
             return -1;
-        ssize_t n = read(fd, buf + got, cap - got);
+        ssize_t n = read_retry(fd, buf + got, cap - got);
         if (n <= 0)
             return (ssize_t)got;
         got += (size_t)n;
@@ -170,13 +223,15 @@ void fuzz_proxy_start(void)
     up_fd = listen_any(&up_port);
     int probe = listen_any(&sluice_port);
     close(probe);
+    probe = listen_any(&admin_port);
+    close(probe);
     static char path[] = "/tmp/sluice-fuzz-XXXXXX";
     int cfd = mkstemp(path);
     FILE *f = cfd >= 0 ? fdopen(cfd, "w") : NULL;
     if (f == NULL)
         die("conf", path, strlen(path));
     fprintf(f,
-            "workers 1;\nerror_log stderr error;\nadmin off;\n"
+            "workers 1;\nerror_log stderr warn;\nadmin { listen 127.0.0.1:%d; }\n"
             "cache c { memory 1m; max_object 64k; }\n"
             "upstream u { server 127.0.0.1:%d; keepalive 4; connect_timeout 1s; header_timeout 2s; "
             "idle_timeout 2s; }\n"
@@ -189,7 +244,7 @@ void fuzz_proxy_start(void)
             "}\n"
             "server {\n listen 127.0.0.1:%d;\n server_name other.test;\n process_time_header off;\n"
             " route /o/ { upstream u; set_response_header X-R r; }\n}\n",
-            up_port, sluice_port, sluice_port);
+            admin_port, up_port, sluice_port, sluice_port);
     fclose(f);
     pthread_t t;
     pthread_create(&t, NULL, upstream_main, &up_fd);
@@ -225,6 +280,8 @@ void fuzz_proxy_exchange(const char *req, size_t req_len, const char *resp, size
     size_t off = 0;
     while (off < req_len) {
         ssize_t n = send(fd, req + off, req_len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
             break;
         off += (size_t)n;
@@ -233,10 +290,17 @@ void fuzz_proxy_exchange(const char *req, size_t req_len, const char *resp, size
     static char buf[1 << 20];
     size_t got = 0;
     for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, IO_TIMEOUT_MS) <= 0)
+        if (wait_readable(fd, IO_TIMEOUT_MS) <= 0) {
+            fprintf(stderr, "fuzz harness: %zu response bytes so far: %.*s\n", got, (int)(got > 500 ? 500 : got), buf);
+            struct sockaddr_in me = {0}, peer = {0};
+            socklen_t l1 = sizeof(me), l2 = sizeof(peer);
+            int r1 = getsockname(fd, (struct sockaddr *)&me, &l1), r2 = getpeername(fd, (struct sockaddr *)&peer, &l2);
+            fprintf(stderr, "fuzz harness: fd %d local %d (%d) peer %d (%d), sluice %d upstream-side?\n", fd,
+                    ntohs(me.sin_port), r1, ntohs(peer.sin_port), r2, sluice_port);
+            dump_stats();
             die("sluice did not finish the exchange", req, req_len);
-        ssize_t n = read(fd, buf + got, sizeof(buf) - got);
+        }
+        ssize_t n = read_retry(fd, buf + got, sizeof(buf) - got);
         if (n <= 0)
             break;
         got += (size_t)n;
