@@ -145,6 +145,7 @@ SCRIPTS = {
     "bad_status_garbage": [("send", b"SSH-2.0-OpenSSH\r\n\r\n")],
     "bad_status_09": [("send", b"<html>hello</html>"), ("close",)],
     "dup_cl_differ": [("send", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc")],
+    "dup_cl_same": [("send", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc")],
     "cl_list": [("send", b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nabc")],
     "negative_cl": [("send", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nabc")],
     "plus_cl": [("send", b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\nabc")],
@@ -243,6 +244,7 @@ SMUGGLING = [
     ("CL 0 with TE", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"0\r\n\r\n"),
     ("two different CL", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+    ("two equal CL", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
     ("CL list", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd"),
     ("CL negative", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\nabcd"),
     ("CL plus sign", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd"),
@@ -365,6 +367,7 @@ def accepted_framing_reaches_the_origin_once_and_clean():
                                       b"4;ext=1\r\nabcd\r\n0\r\n\r\n", b"4\r\nabcd\r\n0\r\n\r\n"),
         ("chunked with trailers", b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                                   b"4\r\nabcd\r\n0\r\nX-Trailer: t\r\n\r\n", b"4\r\nabcd\r\n0\r\n\r\n"),
+        ("absolute-form agreeing with Host", b"GET http://X/abs?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", b""),
         ("TE Chunked in capitals", b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n"
                                    b"4\r\nabcd\r\n0\r\n\r\n", b"4\r\nabcd\r\n0\r\n\r\n"),
     ]
@@ -378,6 +381,7 @@ def accepted_framing_reaches_the_origin_once_and_clean():
         head, _, got = seen[0].partition(b"\r\n\r\n")
         eq(got, body, "%s: body at the origin" % what)
         check(b"ext=" not in head and b"X-Trailer" not in head, "%s: no client framing detail in the head" % what)
+        check(head.split(b" ")[1].startswith(b"/"), "%s: origin-form target upstream: %r" % (what, head[:60]))
 
 
 @test
@@ -472,7 +476,7 @@ def pipelined_flood_is_answered_in_order():
 
 UPSTREAM_502 = ["reset_before_head", "close_before_head", "close_mid_head", "bad_status_letters",
                 "bad_status_short", "bad_status_long", "bad_status_version", "bad_status_garbage", "bad_status_09",
-                "dup_cl_differ", "cl_list", "negative_cl", "plus_cl", "huge_cl", "cl_and_te", "te_gzip_chunked",
+                "dup_cl_differ", "dup_cl_same", "cl_list", "negative_cl", "plus_cl", "huge_cl", "cl_and_te", "te_gzip_chunked",
                 "te_gzip_only", "bare_lf", "obs_fold", "ctl_in_value", "nul_in_value", "nul_in_reason", "empty_name", "space_before_colon",
                 "huge_head", "many_headers", "unasked_101"]
 
