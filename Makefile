@@ -84,7 +84,8 @@ test: deps
 valgrind: all
 	SLUICE_TEST_SLOW=8 SLUICE_WRAP="valgrind -q --error-exitcode=99 --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect" \
-	  python3 test/integration/harness.py test/integration/test_core.py test/integration/test_cache.py
+	  python3 test/integration/harness.py test/integration/test_core.py test/integration/test_cache.py \
+	  test/integration/test_hostile.py
 
 unit: all
 	scripts/test-all --unit-only

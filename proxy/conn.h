@@ -128,6 +128,7 @@ struct conn {
     const char *rs_value_end;     /* like value_end, for obs-fold in upstream heads */
     struct buf *rs_value_end_blk;
     bool ip_counted;              /* holds a max_connections_per_ip slot */
+    bool pipeline_wait;           /* answers not read by the client: the next request waits */
 };
 
 #define CACHE_KEY_MAX 16384

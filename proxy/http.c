@@ -349,6 +349,14 @@ void req_done(struct conn *c)
     req_reset(c);
     c->state = CS_IDLE;
     llhttp_resume(&c->parser);
+    /* a client that pipelines without reading would pile up answers (cache
+     * hits, local ones) here: the next request waits until they drain */
+    if (outq_backlog(&c->out) > OUT_HIGH_WATER) {
+        c->pipeline_wait = true;
+        conn_read_stop(c);
+        timer_set(c, TK_SEND, c->srv->send_timeout_ms);
+        return;
+    }
     timer_set(c, TK_IDLE, c->srv->keepalive_timeout_ms);
     parse_pending(c);
 }
@@ -1006,6 +1014,11 @@ static void client_on_write_done(struct outq *q, int status)
         else
             uv_timer_start(&c->uc->timer, up_on_timer, c->rt->group->conf->idle_timeout_ms, 0);
         timer_set(c, TK_NONE, 0);
+    } else if (c->pipeline_wait && outq_backlog(&c->out) <= OUT_LOW_WATER) {
+        c->pipeline_wait = false;
+        timer_set(c, TK_IDLE, c->srv->keepalive_timeout_ms);
+        parse_pending(c);
+        return;
     } else if (c->timer_kind == TK_SEND) {
         timer_set(c, TK_SEND, c->srv->send_timeout_ms); /* progress: the stall clock restarts */
     }
@@ -1309,7 +1322,8 @@ static void conn_update_reading(struct conn *c)
 {
     if (c->is_closing || c->state == CS_LINGER)
         return;
-    bool want = c->pend == NULL && !c->read_paused_bp && c->state != CS_WAIT && c->state != CS_LOCAL;
+    bool want = c->pend == NULL && !c->read_paused_bp && !c->pipeline_wait && c->state != CS_WAIT &&
+                c->state != CS_LOCAL;
     if (want)
         conn_read_start(c);
     else
@@ -1362,7 +1376,7 @@ static void parse_pending(struct conn *c)
     if (c->in_parse)
         return;
     c->in_parse = true;
-    while (c->pend != NULL && !c->is_closing && c->state != CS_LINGER &&
+    while (c->pend != NULL && !c->is_closing && c->state != CS_LINGER && !c->pipeline_wait &&
            llhttp_get_errno(&c->parser) == HPE_OK) {
         struct buf *blk = c->pend;
         const char *start = blk->data + c->pend_off;

@@ -614,6 +614,37 @@ def slow_body_gets_408_and_origin_request_dropped():
         check(c.closed_by_peer(), "closed")
 
 
+@test(timeout=60)
+def pipelining_client_that_never_reads_stays_bounded():
+    """Local answers (here 404s; cache hits alike) to a client that pipelines and never reads used to pile up
+    without bound: the next request now waits until the answers drain."""
+    e = Env(lambda env: basic_conf(env, routes=[("/only/", "")]))
+    rss0 = e.sluice.rss_kb()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", e.port))
+    s.settimeout(0.2)
+    burst = b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    sent = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3 * SLOW:
+        try:
+            sent += s.send(burst)
+        except socket.timeout:
+            pass
+    grown = e.sluice.rss_kb() - rss0
+    answered = e.sluice.stats()["process"]["all"]["requests"]
+    check(grown < 16 * 1024, "RSS grew %d KiB for a client that does not read" % grown)
+    check(answered * len(burst) // 1000 < sent, "sluice stopped reading requests (%d answered)" % answered)
+    # it reads again once the client does: the answers come in order
+    s.settimeout(10)
+    c = Client.__new__(Client)
+    c.sock, c.buf, c.eof = s, bytearray(), False
+    for i in range(answered + 50):
+        eq(c.read_response().status, 404, "answer %d" % i)
+    s.close()
+
+
 # ---------------------------------------------------------------- max_connections_per_ip
 
 def per_ip_conf(env):
