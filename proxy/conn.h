@@ -56,8 +56,7 @@ struct conn {
     bool client_eof;
     bool read_paused_bp; /* reading stopped by backpressure from the upstream side */
     bool in_parse;
-    const char *value_end;     /* where the last header value piece ended, to spot obs-fold */
-    struct buf *value_end_blk; /* and in which block */
+    const char *value_end;     /* where the next piece of a header value must start, to spot obs-fold */
     bool is_dispatched; /* the current request was routed */
 
     /* the generation of the current (or last) request: pinned while the
@@ -126,7 +125,6 @@ struct conn {
     /* hostile input: head syntax llhttp 8 lets through, per-IP limit */
     bool head_cr;                 /* the last request head byte parsed was CR */
     const char *rs_value_end;     /* like value_end, for obs-fold in upstream heads */
-    struct buf *rs_value_end_blk;
     bool ip_counted;              /* holds a max_connections_per_ip slot */
     bool pipeline_wait;           /* answers not read by the client: the next request waits */
 };

@@ -725,7 +725,6 @@ static int rs_on_message_begin(llhttp_t *p)
     struct conn *c = p->data;
     c->rs_started = true;
     head_start(&c->rs, HEAD_STORE_MAX, UPSTREAM_MAX_HEADERS);
-    c->rs_value_end_blk = NULL;
     return 0;
 }
 
@@ -755,12 +754,11 @@ static int rs_on_header_value(llhttp_t *p, const char *at, size_t len)
     if (c->rs_trailers)
         return 0;
     /* obs-fold: never passed on to a client (spotted as in rq_on_header_value) */
-    if (c->rs.last == HEAD_VALUE && c->rs_value_end_blk == c->up_parsing && at != c->rs_value_end)
+    if (c->rs.last == HEAD_VALUE && at != c->rs_value_end)
         return HPE_USER;
     if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
         return HPE_USER;
     c->rs_value_end = at + len;
-    c->rs_value_end_blk = c->up_parsing;
     return head_add(&c->rs, HEAD_VALUE, at, len) == 0 ? 0 : HPE_USER;
 }
 
@@ -957,6 +955,7 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
         return;
     }
     c->up_parsing = blk;
+    c->rs_value_end = blk->data; /* as value_end in parse_pending */
     llhttp_errno_t err = llhttp_execute(&c->rparser, blk->data, (size_t)nread);
     c->up_parsing = NULL;
     if (err == HPE_OK) {
@@ -1122,15 +1121,13 @@ static int rq_on_header_value(llhttp_t *p, const char *at, size_t len)
         return 0;
     /* obs-fold (RFC 9112 5.2): llhttp joins the folded line to the value,
      * skipping the line break; a value piece that does not start where the
-     * previous one ended in the same block is such a fold.  Refused: a
+     * previous one ended is such a fold.  Refused: a
      * request toward the upstream must never depend on how it is unfolded. */
-    bool same_block = c->value_end_blk == c->parsing;
-    if (c->rq.last == HEAD_VALUE && same_block && at != c->value_end)
+    if (c->rq.last == HEAD_VALUE && at != c->value_end)
         return rq_limit(c, 400, "line folding in a header value");
     if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
         return rq_limit(c, 400, "a line break in a header value");
     c->value_end = at + len;
-    c->value_end_blk = c->parsing;
     int rc = head_add(&c->rq, HEAD_VALUE, at, len);
     if (rc == -EINVAL)
         return rq_limit(c, 400, "header field without a name");
@@ -1381,6 +1378,9 @@ static void parse_pending(struct conn *c)
         struct buf *blk = c->pend;
         const char *start = blk->data + c->pend_off;
         bool in_head = c->state == CS_IDLE || c->state == CS_HEAD;
+        /* a value cut by the end of the previous bytes goes on exactly here
+         * (comparing blocks would not do: a freed block comes back) */
+        c->value_end = start;
         c->parsing = blk;
         llhttp_errno_t err = llhttp_execute(&c->parser, start, c->pend_len);
         c->parsing = NULL;
