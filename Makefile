@@ -5,6 +5,8 @@
 #   make test       install, build both variants, run every test on each
 #   make bench      the shared side-by-side benchmark against nginx/HAProxy/Varnish
 #   make valgrind   the integration suites with sluice under valgrind
+#   make fuzz       every libFuzzer target for FUZZ_SECONDS (default 60) each
+#   make soak       a bounded mixed load with RSS sampled (SOAK_SECONDS, default 600)
 VARIANT ?= release
 B := build/$(VARIANT)
 
@@ -14,6 +16,10 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes 
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -pthread -I. -I/usr/share/include/llhttp
 ifeq ($(VARIANT),asan)
 OPT := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+else ifeq ($(VARIANT),fuzz)
+# libFuzzer needs clang; every object gets coverage, the targets link the fuzzer's main
+CC := clang
+OPT := -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
 else
 OPT := -O2
 endif
@@ -85,6 +91,7 @@ run: deps
 test: deps
 	$(MAKE) all
 	$(MAKE) VARIANT=asan all
+	$(MAKE) VARIANT=fuzz fuzzers
 	scripts/test-all
 
 # One normal pass of the integration suites with sluice under valgrind: any
@@ -92,7 +99,8 @@ test: deps
 valgrind: all
 	SLUICE_TEST_SLOW=8 SLUICE_WRAP="valgrind -q --error-exitcode=99 --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect" \
-	  python3 test/integration/harness.py test/integration/test_core.py test/integration/test_cache.py
+	  python3 test/integration/harness.py test/integration/test_core.py test/integration/test_cache.py \
+	  test/integration/test_hostile.py
 
 unit: all
 	scripts/test-all --unit-only
@@ -103,7 +111,30 @@ bench: deps all
 clean:
 	rm -rf build
 
-.PHONY: all asan deps run test unit bench clean valgrind
+# ---- fuzzing: test/fuzz/<name>_fuzz.c, seeds in test/fuzz/<name>/ ----
+# The proxy targets run the real main() as sluice_main in a thread.
+FUZZ_SRC := $(wildcard test/fuzz/*_fuzz.c)
+FUZZ_BIN := $(FUZZ_SRC:test/fuzz/%.c=$(B)/fuzz/%)
+FUZZ_SECONDS ?= 60
+
+fuzzers: $(FUZZ_BIN)
+
+$(B)/proxy/main_embedded.o: proxy/main.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Dmain=sluice_main -Wno-missing-prototypes -c -o $@ $<
+
+$(B)/fuzz/%: $(B)/test/fuzz/%.o $(B)/test/fuzz/proxy_harness.o $(B)/proxy/main_embedded.o $(B)/libsluice.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS)
+
+fuzz: deps
+	$(MAKE) VARIANT=fuzz fuzzers
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz
+
+soak: deps all
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} scripts/soak
+
+.PHONY: all asan deps run test unit bench clean valgrind fuzz fuzzers soak
 .SECONDARY:
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -2403,6 +2403,8 @@ static const struct directive directives[] = {
                "stderr info"),
     DIR_DURATION("shutdown_timeout", CTX_MAIN, struct conf, shutdown_timeout_ms, 0, MS_DAY, "30s"),
     DIR_NUMBER("max_connections", CTX_MAIN, struct conf, max_connections, 1, 10000000, "100000"),
+    /* hostile input */
+    DIR_NUMBER("max_connections_per_ip", CTX_MAIN, struct conf, max_connections_per_ip, 0, 10000000, "0"),
     DIR_CUSTOM("admin", CTX_MAIN, CONF_BLOCK_OPTIONAL, 0, 1, ONCE, parse_admin, print_admin, "on"),
     DIR_CUSTOM("redis", CTX_MAIN, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_redis, print_redis, NULL),
     DIR_CUSTOM("access_log", CTX_MAIN, CONF_NO_BLOCK, 1, 2, ONCE, parse_access_log, print_access_log, "off"),

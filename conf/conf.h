@@ -318,6 +318,7 @@ struct conf {
 
     uint64_t shutdown_timeout_ms; /* drain deadline on SIGTERM, default 30s */
     unsigned max_connections;     /* per process, default 100000 */
+    unsigned max_connections_per_ip; /* per client address, whole process; default 0 = no limit */
 
     struct conf_upstream *upstreams;
     size_t nupstreams;

@@ -61,8 +61,7 @@ struct conn {
     bool client_eof;
     bool read_paused_bp; /* reading stopped by backpressure from the upstream side */
     bool in_parse;
-    const char *value_end;     /* where the last header value piece ended, to spot obs-fold */
-    struct buf *value_end_blk; /* and in which block */
+    const char *value_end;     /* where the next piece of a header value must start, to spot obs-fold */
     bool is_dispatched; /* the current request was routed */
 
     /* the generation of the current (or last) request: pinned while the
@@ -178,6 +177,12 @@ struct conn {
      * (Retries come from `tries` and `retried`.) */
     const char *breaker;
     const char *limit;
+
+    /* hostile input: head syntax llhttp 8 lets through, per-IP limit */
+    bool head_cr;                 /* the last request head byte parsed was CR */
+    const char *rs_value_end;     /* like value_end, for obs-fold in upstream heads */
+    bool ip_counted;              /* holds a max_connections_per_ip slot */
+    bool pipeline_wait;           /* answers not read by the client: the next request waits */
 };
 
 /* A request body held whole.  Refcounted: the request holds one reference,

@@ -168,6 +168,21 @@ const char *head_field_value(const struct head *h, unsigned i, size_t *len)
     return h->store->data + h->fields[i].value;
 }
 
+/* RFC 9110 5.6.2 tchar, as a table: this runs over every field name */
+static const bool tchar[256] = {
+    ['!'] = true, ['#'] = true, ['$'] = true, ['%'] = true, ['&'] = true, ['\''] = true, ['*'] = true,
+    ['+'] = true, ['-'] = true, ['.'] = true, ['^'] = true, ['_'] = true, ['`'] = true, ['|'] = true,
+    ['~'] = true, ['0' ... '9'] = true, ['A' ... 'Z'] = true, ['a' ... 'z'] = true,
+};
+
+bool head_token_ok(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!tchar[(unsigned char)p[i]])
+            return false;
+    return true;
+}
+
 /* ---- the request target ---- */
 
 /* Length of "http://" or "https://" at the start of t, else 0. */
@@ -385,6 +400,10 @@ static void collect_connection_tokens(const struct head *h, struct conn_tokens *
 
 static bool named_in(const struct head *h, const struct head_field *f, const struct conn_tokens *ct)
 {
+    /* framing and Host are never hop-by-hop, whatever Connection says:
+     * dropping Content-Length would let a body be read as the next message */
+    if (NAME_IS(h, f, "content-length") || NAME_IS(h, f, "host"))
+        return false;
     for (unsigned i = 0; i < ct->n; i++)
         if (f->name_len == ct->len[i] && strncasecmp(field_name(h, f), ct->p[i], ct->len[i]) == 0)
             return true;

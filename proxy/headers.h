@@ -63,6 +63,10 @@ int head_get_all(const struct head *h, const char *lname, char *out, size_t cap)
 const char *head_field_name(const struct head *h, unsigned i, size_t *len);
 const char *head_field_value(const struct head *h, unsigned i, size_t *len);
 
+/* True when the n bytes at p are all token characters (RFC 9110 5.6.2): a
+ * field name piece with a space, a control or a separator is refused. */
+bool head_token_ok(const char *p, size_t n);
+
 /* Checks the request's Host against RFC 9112 3.2 (exactly one in HTTP/1.1,
  * agreeing with an absolute-form target) and the target form, and writes the
  * host (lowercase, without port) to host.  0, or -1 with a reason for a 400. */

@@ -39,6 +39,7 @@
 #include "proxy/conn.h"
 #include "proxy/tlsgen.h"
 #include "proxy/obs.h"
+#include "proxy/iplimit.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define OUT_LOW_WATER (64 * 1024)
@@ -260,6 +261,8 @@ static void conn_close(struct conn *c)
         c->pend = NULL;
     }
     req_release(c);
+    if (c->ip_counted)
+        iplimit_release(c->peer);
     proxy_gen_unref(c->gen);
     list_remove(&c->link);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -392,6 +395,14 @@ void req_done(struct conn *c)
     req_reset(c);
     c->state = CS_IDLE;
     llhttp_resume(&c->parser);
+    /* a client that pipelines without reading would pile up answers (cache
+     * hits, local ones) here: the next request waits until they drain */
+    if (outq_backlog(&c->out) > OUT_HIGH_WATER) {
+        c->pipeline_wait = true;
+        conn_read_stop(c);
+        timer_set(c, TK_SEND, c->srv->send_timeout_ms);
+        return;
+    }
     timer_set(c, TK_IDLE, c->srv->keepalive_timeout_ms);
     parse_pending(c);
 }
@@ -1008,11 +1019,15 @@ static void up_on_timer(uv_timer_t *t)
     struct conn *c = uc->owner;
     if (c == NULL)
         return;
-    if (!c->rs_head_sent && deadline_passed(c))
+    if (!c->rs_head_sent && deadline_passed(c)) {
         up_fail(c, STATS_ERR_DEADLINE, UV_ETIMEDOUT);
-    else if (c->state == CS_WAIT)
+    } else if (c->state == CS_WAIT) {
         up_fail(c, STATS_ERR_CONNECT_TIMEOUT, UV_ETIMEDOUT);
-    else if (!c->rs_head_sent)
+    } else if (!c->rq_body_done && !c->rs_started) {
+        /* the upstream cannot answer a request it has not fully received:
+         * a slow client is client_body_timeout's business */
+        uv_timer_start(&uc->timer, up_on_timer, try_timeout_ms(c, c->group->conf->header_timeout_ms), 0);
+    } else if (!c->rs_head_sent)
         up_fail(c, STATS_ERR_HEADER_TIMEOUT, UV_ETIMEDOUT);
     else
         up_fail(c, STATS_ERR_IDLE_TIMEOUT, UV_ETIMEDOUT);
@@ -1098,12 +1113,17 @@ static int rs_on_message_begin(llhttp_t *p)
 {
     struct conn *c = p->data;
     c->rs_started = true;
+    head_start(&c->rs, HEAD_STORE_MAX, UPSTREAM_MAX_HEADERS);
     return 0;
 }
 
 static int rs_on_status(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    /* reason-phrase: HTAB, SP, VCHAR, obs-text (RFC 9112 4) */
+    for (size_t i = 0; i < len; i++)
+        if (((unsigned char)at[i] < ' ' && at[i] != '\t') || at[i] == 0x7f)
+            return HPE_USER;
     return head_add(&c->rs, HEAD_FIRST, at, len) == 0 ? 0 : HPE_USER;
 }
 
@@ -1112,6 +1132,8 @@ static int rs_on_header_field(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rs_trailers)
         return 0;
+    if (!head_token_ok(at, len))
+        return HPE_USER;
     return head_add(&c->rs, HEAD_NAME, at, len) == 0 ? 0 : HPE_USER;
 }
 
@@ -1120,9 +1142,21 @@ static int rs_on_header_value(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rs_trailers)
         return 0;
+    /* obs-fold: never passed on to a client (spotted as in rq_on_header_value) */
+    if (c->rs.last == HEAD_VALUE && at != c->rs_value_end)
+        return HPE_USER;
     if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
-        return HPE_USER; /* obs-fold: never passed on to a client */
+        return HPE_USER;
+    c->rs_value_end = at + len;
     return head_add(&c->rs, HEAD_VALUE, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int rs_on_header_field_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->rs_trailers)
+        return 0;
+    return c->rs.last == HEAD_NAME && c->rs.fields[c->rs.n - 1].name_len > 0 ? 0 : HPE_USER;
 }
 
 static int rs_on_header_value_complete(llhttp_t *p)
@@ -1192,6 +1226,16 @@ static int rs_on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
     unsigned status = p->status_code;
+    /* llhttp takes 1 to 3 digits; RFC 9110 15 wants 3, 1xx to 5xx */
+    if (status < 100 || status > 599)
+        return -1;
+    /* a coding other than chunked would reach the client undecoded once
+     * sluice re-frames the body */
+    if (p->flags & F_TRANSFER_ENCODING) {
+        char te[64];
+        if (head_get_all(&c->rs, "transfer-encoding", te, sizeof(te)) < 0 || strcasecmp(te, "chunked") != 0)
+            return -1;
+    }
     if (status >= 100 && status < 200 && status != 101) {
         c->rs_interim = true;
         return 0;
@@ -1303,6 +1347,7 @@ static const llhttp_settings_t response_settings = {
     .on_status = rs_on_status,
     .on_header_field = rs_on_header_field,
     .on_header_value = rs_on_header_value,
+    .on_header_field_complete = rs_on_header_field_complete,
     .on_header_value_complete = rs_on_header_value_complete,
     .on_headers_complete = rs_on_headers_complete,
     .on_chunk_header = rs_on_chunk_header,
@@ -1383,6 +1428,7 @@ static void up_on_read(struct upstream_conn *uc, ssize_t nread, struct buf *blk)
         return;
     }
     c->up_parsing = blk;
+    c->rs_value_end = blk->data; /* as value_end in parse_pending */
     llhttp_errno_t err = llhttp_execute(&c->rparser, blk->data, (size_t)nread);
     c->up_parsing = NULL;
     if (err == HPE_OK) {
@@ -1440,6 +1486,11 @@ static void client_on_write_done(struct outq *q, int status)
         else
             uv_timer_start(&c->uc->timer, up_on_timer, c->group->conf->idle_timeout_ms, 0);
         timer_set(c, TK_NONE, 0);
+    } else if (c->pipeline_wait && outq_backlog(&c->out) <= OUT_LOW_WATER) {
+        c->pipeline_wait = false;
+        timer_set(c, TK_IDLE, c->srv->keepalive_timeout_ms);
+        parse_pending(c);
+        return;
     } else if (c->timer_kind == TK_SEND) {
         timer_set(c, TK_SEND, c->srv->send_timeout_ms); /* progress: the stall clock restarts */
     }
@@ -1507,6 +1558,13 @@ static int rq_limit(struct conn *c, int status, const char *reason)
 static int rq_on_url(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    /* llhttp 8 skips repeated spaces; RFC 9112 3 allows exactly one */
+    if (c->rq.first_len == 0 && at - c->parsing->data >= 2 && at[-2] == ' ')
+        return rq_limit(c, 400, "more than one space in the request line");
+    /* llhttp 8 lets HTAB through; an upstream may split the line there */
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)at[i] <= ' ' || at[i] == 0x7f)
+            return rq_limit(c, 400, "a control character in the request target");
     if (c->rq.first_len + len > c->srv->max_uri_size)
         return rq_limit(c, 414, "request target longer than max_uri_size");
     if (head_add(&c->rq, HEAD_FIRST, at, len) != 0)
@@ -1519,6 +1577,8 @@ static int rq_on_header_field(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (c->rq_trailers)
         return 0;
+    if (!head_token_ok(at, len))
+        return rq_limit(c, 400, "invalid character in a header name");
     int rc = head_add(&c->rq, HEAD_NAME, at, len);
     if (rc == -ENOSPC)
         return rq_limit(c, 431, "request head larger than max_header_size");
@@ -1534,15 +1594,13 @@ static int rq_on_header_value(llhttp_t *p, const char *at, size_t len)
         return 0;
     /* obs-fold (RFC 9112 5.2): llhttp joins the folded line to the value,
      * skipping the line break; a value piece that does not start where the
-     * previous one ended in the same block is such a fold.  Refused: a
+     * previous one ended is such a fold.  Refused: a
      * request toward the upstream must never depend on how it is unfolded. */
-    bool same_block = c->value_end_blk == c->parsing;
-    if (c->rq.last == HEAD_VALUE && same_block && at != c->value_end)
+    if (c->rq.last == HEAD_VALUE && at != c->value_end)
         return rq_limit(c, 400, "line folding in a header value");
     if (memchr(at, '\r', len) != NULL || memchr(at, '\n', len) != NULL)
         return rq_limit(c, 400, "a line break in a header value");
     c->value_end = at + len;
-    c->value_end_blk = c->parsing;
     int rc = head_add(&c->rq, HEAD_VALUE, at, len);
     if (rc == -EINVAL)
         return rq_limit(c, 400, "header field without a name");
@@ -1583,14 +1641,21 @@ static int rq_on_headers_complete(llhttp_t *p)
         c->err_status = 413;
         c->err_reason = "request body larger than max_body_size";
     }
-    if (c->http_major != 1) {
+    if (c->http_major == 0) {
+        c->err_status = 400;
+        c->err_reason = "malformed request line";
+    } else if (c->http_major != 1) {
         c->err_status = 505;
         c->err_reason = "only HTTP/1.0 and HTTP/1.1 are spoken here";
     }
     /* chunked alone: another coding before it would be dropped on the way
      * upstream (the body is re-framed), so it is refused, not passed on */
     char te[64];
-    if (c->rq_chunked && (!head_get(&c->rq, "transfer-encoding", te, sizeof(te)) || strcasecmp(te, "chunked") != 0)) {
+    /* RFC 9112 6.1: framing an HTTP/1.0 peer may not understand is faulty */
+    if ((p->flags & F_TRANSFER_ENCODING) && c->http_major == 1 && c->http_minor == 0) {
+        c->err_status = 400;
+        c->err_reason = "Transfer-Encoding in an HTTP/1.0 request";
+    } else if (c->rq_chunked && (!head_get(&c->rq, "transfer-encoding", te, sizeof(te)) || strcasecmp(te, "chunked") != 0)) {
         c->err_status = 501;
         c->err_reason = "transfer codings other than chunked are not supported";
     }
@@ -1742,7 +1807,8 @@ static void conn_update_reading(struct conn *c)
 {
     if (c->is_closing || c->state == CS_LINGER)
         return;
-    bool want = c->pend == NULL && !c->read_paused_bp && c->state != CS_WAIT && c->state != CS_LOCAL;
+    bool want = c->pend == NULL && !c->read_paused_bp && !c->pipeline_wait && c->state != CS_WAIT &&
+                c->state != CS_LOCAL;
     if (want)
         conn_read_start(c);
     else
@@ -1773,6 +1839,21 @@ static void parse_error(struct conn *c)
         respond_error(c, 400, "malformed request: %s", llhttp_get_error_reason(&c->parser));
 }
 
+/* llhttp 8 takes a bare LF for a line end; RFC 9112 2.2 lets a recipient do
+ * so, but a proxy that does reads lines another server may join: refused. */
+static bool head_lines_crlf(struct conn *c, const char *p, size_t n)
+{
+    const char *lf = memchr(p, '\n', n);
+    while (lf != NULL) {
+        if (!(lf > p ? lf[-1] == '\r' : c->head_cr))
+            return false;
+        lf = memchr(lf + 1, '\n', n - (size_t)(lf + 1 - p));
+    }
+    if (n > 0)
+        c->head_cr = p[n - 1] == '\r';
+    return true;
+}
+
 /* Runs the parser over the pending bytes until they are used up or it
  * pauses.  Never re-entered: a request that completes synchronously inside
  * (a local answer, a pooled upstream) resumes the parser and the loop here
@@ -1782,10 +1863,14 @@ static void parse_pending(struct conn *c)
     if (c->in_parse)
         return;
     c->in_parse = true;
-    while (c->pend != NULL && !c->is_closing && c->state != CS_LINGER &&
+    while (c->pend != NULL && !c->is_closing && c->state != CS_LINGER && !c->pipeline_wait &&
            llhttp_get_errno(&c->parser) == HPE_OK) {
         struct buf *blk = c->pend;
         const char *start = blk->data + c->pend_off;
+        bool in_head = c->state == CS_IDLE || c->state == CS_HEAD;
+        /* a value cut by the end of the previous bytes goes on exactly here
+         * (comparing blocks would not do: a freed block comes back) */
+        c->value_end = start;
         c->parsing = blk;
         llhttp_errno_t err = llhttp_execute(&c->parser, start, c->pend_len);
         c->parsing = NULL;
@@ -1794,6 +1879,13 @@ static void parse_pending(struct conn *c)
             const char *pos = llhttp_get_error_pos(&c->parser);
             if (pos != NULL && pos >= start && pos <= start + c->pend_len)
                 used = (size_t)(pos - start);
+        }
+        /* the parser stops at the end of a head (pause), so used covers
+         * head bytes only: checked before the request is dispatched */
+        if (in_head && !head_lines_crlf(c, start, used) && !c->err_status) {
+            c->err_status = 400;
+            c->err_reason = "a line of the request head ends in a bare LF";
+            err = HPE_USER;
         }
         c->bytes_in += used;
         c->pend_off += used;
@@ -1808,6 +1900,9 @@ static void parse_pending(struct conn *c)
         }
         if (c->uc != NULL && outq_backlog(&c->uc->out) > OUT_HIGH_WATER)
             c->read_paused_bp = true;
+        /* an upgrade the upstream declined: what follows is the next request */
+        if (err == HPE_PAUSED_UPGRADE && c->state == CS_IDLE)
+            llhttp_resume_after_upgrade(&c->parser);
         if (err == HPE_OK || err == HPE_PAUSED_UPGRADE)
             continue;
         if (err == HPE_PAUSED) {
@@ -2007,6 +2102,16 @@ void conn_accept(struct listener *l)
                         proxy_info.max_connections);
         conn_close(c);
         return;
+    }
+    unsigned per_ip = c->gen->conf->max_connections_per_ip;
+    if (per_ip > 0 && !l->is_admin) {
+        c->ip_counted = iplimit_acquire(c->peer, per_ip);
+        if (!c->ip_counted) {
+            LOG_RATELIMITED(LOG_WARN, "proxy", "max_connections_per_ip (%u) reached by %s: closing", per_ip,
+                            c->peer);
+            conn_close(c);
+            return;
+        }
     }
     timer_set(c, TK_IDLE, c->srv->client_header_timeout_ms);
     conn_read_start(c);

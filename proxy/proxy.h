@@ -109,6 +109,7 @@ struct worker {
     uint64_t obs_serial;   /* generated X-Request-Id values */
     bool is_draining;
     bool is_stopping;
+    bool is_inbox_closed; /* under lock: the async handle is closing, posts are dropped */
 };
 
 /* Process-wide facts the admin endpoint reports. */

@@ -149,6 +149,11 @@ void worker_maybe_stop(struct worker *w)
     close_listeners(w);
     upstream_pool_destroy(w->pool);
     w->pool = NULL;
+    /* the main thread may still post (the drain deadline): it must not
+     * reach a closed handle */
+    pthread_mutex_lock(&w->lock);
+    w->is_inbox_closed = true;
+    pthread_mutex_unlock(&w->lock);
     uv_close((uv_handle_t *)&w->async, NULL);
 }
 
@@ -244,7 +249,21 @@ int worker_start(struct worker *w)
 void worker_post(struct worker *w, struct worker_msg *msg)
 {
     pthread_mutex_lock(&w->lock);
+    if (w->is_inbox_closed) {
+        /* a worker that has stopped: nothing left to tell it */
+        pthread_mutex_unlock(&w->lock);
+        for (size_t i = 0; i < msg->nfds; i++) {
+            close(msg->fds[i].fd);
+            free(msg->fds[i].addr_text);
+        }
+        free(msg->fds);
+        if (msg->gen != NULL)
+            proxy_gen_unref(msg->gen);
+        free(msg);
+        return;
+    }
     list_push(&w->inbox, &msg->link);
-    pthread_mutex_unlock(&w->lock);
+    /* sent under the lock, so the handle cannot be closed in between */
     uv_async_send(&w->async);
+    pthread_mutex_unlock(&w->lock);
 }

@@ -1498,6 +1498,7 @@ TEST(print_exact_output)
                         "error_log stderr info;\n"
                         "shutdown_timeout 30s;\n"
                         "max_connections 100000;\n"
+                        "max_connections_per_ip 0;\n"
                         "\n"
                         "admin {\n"
                         "    listen 127.0.0.1:9901;\n"
