@@ -1324,41 +1324,22 @@ static void print_routes(FILE *out, int indent, const struct directive *d, const
     }
 }
 
-static void parse_route_upstream(struct build *b, const struct conf_node *n, const struct directive *d,
-                                 void *obj)
+/* `upstream NAME` and `fallback NAME`: a reference into conf->upstreams. */
+static void parse_upstream_ref(struct build *b, const struct conf_node *n, const struct directive *d, void *obj)
 {
-    struct conf_route *r = obj;
     struct conf *conf = b->conf;
     size_t i = FIND_NAMED(&b->upstream_index, conf->upstreams, conf->nupstreams, name, n->argv[1]);
     if (i == SIZE_MAX)
         conf_report(b->ld, &n->pos, "unknown upstream \"%s\"", n->argv[1]);
     else
-        r->upstream = &conf->upstreams[i];
+        *(struct conf_upstream **)field(obj, d) = &conf->upstreams[i];
 }
 
-static void print_route_upstream(FILE *out, int indent, const struct directive *d, const void *obj)
+static void print_upstream_ref(FILE *out, int indent, const struct directive *d, const void *obj)
 {
-    const struct conf_route *r = obj;
-    fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->upstream->name);
-}
-
-static void parse_route_fallback(struct build *b, const struct conf_node *n, const struct directive *d,
-                                 void *obj)
-{
-    struct conf_route *r = obj;
-    struct conf *conf = b->conf;
-    size_t i = FIND_NAMED(&b->upstream_index, conf->upstreams, conf->nupstreams, name, n->argv[1]);
-    if (i == SIZE_MAX)
-        conf_report(b->ld, &n->pos, "unknown upstream \"%s\"", n->argv[1]);
-    else
-        r->fallback = &conf->upstreams[i];
-}
-
-static void print_route_fallback(FILE *out, int indent, const struct directive *d, const void *obj)
-{
-    const struct conf_route *r = obj;
-    if (r->fallback != NULL)
-        fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, r->fallback->name);
+    const struct conf_upstream *u = *(struct conf_upstream *const *)cfield(obj, d);
+    if (u != NULL)
+        fprintf(out, "%*s%s %s;\n", indent * 4, "", d->name, u->name);
 }
 
 /* set_* NAME VALUE or remove_* NAME */
@@ -2479,8 +2460,8 @@ static const struct directive directives[] = {
     DIR_FLAG("server_timing", CTX_SERVER, struct conf_server, server_timing, "off"),
     DIR_CUSTOM("route", CTX_SERVER, CONF_BLOCK, 1, 1, MULTI, parse_route, print_routes, NULL),
 
-    DIR_CUSTOM("upstream", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_upstream, print_route_upstream,
-               NULL),
+    DIR_VALUE("upstream", CTX_ROUTE, parse_upstream_ref, print_upstream_ref, NULL, struct conf_route, upstream, 0, 0,
+              NULL),
     DIR_CUSTOM("set_header", CTX_ROUTE, CONF_NO_BLOCK, 2, 2, MULTI, parse_request_header,
                print_request_headers, NULL),
     DIR_CUSTOM("remove_header", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, MULTI, parse_request_header, NULL, NULL),
@@ -2493,8 +2474,8 @@ static const struct directive directives[] = {
     DIR_CUSTOM("cache", CTX_ROUTE, CONF_BLOCK_OPTIONAL, 1, 1, ONCE, parse_route_cache, print_route_cache,
                NULL),
     DIR_DURATION("deadline", CTX_ROUTE, struct conf_route, deadline_ms, 0, MS_DAY, "0s"),
-    DIR_CUSTOM("fallback", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_fallback, print_route_fallback,
-               NULL),
+    DIR_VALUE("fallback", CTX_ROUTE, parse_upstream_ref, print_upstream_ref, NULL, struct conf_route, fallback, 0, 0,
+              NULL),
     DIR_FLAG("retry_non_idempotent", CTX_ROUTE, struct conf_route, retry_non_idempotent, "off"),
     DIR_CUSTOM("server_timing", CTX_ROUTE, CONF_NO_BLOCK, 1, 1, ONCE, parse_route_server_timing,
                print_route_server_timing, NULL),

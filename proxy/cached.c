@@ -142,14 +142,7 @@ static void serve_entry(struct conn *c, struct cache_entry *e, bool not_modified
 static void on_wake(struct cache_waiter *wt)
 {
     struct conn *c = wt->owner;
-    struct worker *w = c->w;
-    pthread_mutex_lock(&w->lock);
-    if (!c->is_wake_queued) {
-        c->is_wake_queued = true;
-        list_push(&w->woken, &c->wake_link);
-    }
-    pthread_mutex_unlock(&w->lock);
-    uv_async_send(&w->async);
+    worker_wake(c->w, &c->w->woken, &c->wake_link, &c->is_wake_queued);
 }
 
 static void leave_join(struct conn *c)

@@ -332,14 +332,7 @@ static void on_global(void *arg, int status, const struct limit_result *res, siz
 static void on_granted(struct limit_waiter *wt)
 {
     struct conn *c = wt->owner;
-    struct worker *w = c->w;
-    pthread_mutex_lock(&w->lock);
-    if (!c->is_lwake_queued) {
-        c->is_lwake_queued = true;
-        list_push(&w->limit_woken, &c->lwake_link);
-    }
-    pthread_mutex_unlock(&w->lock);
-    uv_async_send(&w->async);
+    worker_wake(c->w, &c->w->limit_woken, &c->lwake_link, &c->is_lwake_queued);
 }
 
 static void unqueue_wake(struct conn *c)

@@ -130,6 +130,9 @@ extern struct proxy_info proxy_info;
 void worker_init(struct worker *w, unsigned id);
 int worker_start(struct worker *w);
 void worker_post(struct worker *w, struct worker_msg *msg);
+/* Queues a connection of w on one of w's woken lists (link, once: *is_queued
+ * says it is there) and wakes w's loop.  Any thread; under w->lock. */
+void worker_wake(struct worker *w, struct list *woken, struct list *link, bool *is_queued);
 /* A socket bound to addr with SO_REUSEPORT and listening, or a negative errno. */
 int listen_socket_open(const struct sockaddr *addr, socklen_t len);
 

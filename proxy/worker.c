@@ -246,6 +246,17 @@ int worker_start(struct worker *w)
     return rc == 0 ? 0 : -rc;
 }
 
+void worker_wake(struct worker *w, struct list *woken, struct list *link, bool *is_queued)
+{
+    pthread_mutex_lock(&w->lock);
+    if (!*is_queued) {
+        *is_queued = true;
+        list_push(woken, link);
+    }
+    pthread_mutex_unlock(&w->lock);
+    uv_async_send(&w->async);
+}
+
 void worker_post(struct worker *w, struct worker_msg *msg)
 {
     pthread_mutex_lock(&w->lock);
