@@ -296,7 +296,8 @@ def server_timing_lists_the_phases():
     check(st is not None, "Server-Timing present")
     phases = dict((p.split(";dur=")[0].strip(), float(p.split(";dur=")[1])) for p in st.split(","))
     check({"queue", "connect", "upstream", "total"} <= set(phases), phases)
-    check(phases["upstream"] >= 50 and phases["total"] >= phases["upstream"], phases)
+    # the origin's 50 ms timer runs on its loop's cached clock: it may fire a little early by ours
+    check(phases["upstream"] >= 45 and phases["total"] >= phases["upstream"], phases)
     check(r.header("X-Request-Id"), "an id comes with it")
     off = Env()
     check(off.get("/hello").header("Server-Timing") is None, "off by default")
