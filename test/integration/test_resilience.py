@@ -3,6 +3,7 @@
 replays and idempotency, balancing policies, passive health, circuit breakers with quota, the admin
 override and fallbacks — against scripted misbehaving origins on loopback."""
 
+import json
 import threading
 import time
 
@@ -391,3 +392,20 @@ def breaker_and_retry_figures_are_in_metrics():
     check('sluice_upstream_server_up{%s} 1' % server in text, "health up")
     check(any(l.startswith("sluice_route_retries_total{") and not l.endswith(" 0") for l in text.splitlines()),
           "retries counted per route")
+
+
+@test
+def the_access_log_carries_retries_and_the_breaker_state():
+    log = __import__("harness").tmp_path("access.log")
+    s = Setup(upstream="breaker on; retry 2 on=503 backoff=1ms..2ms;", extra="access_log %s json;\n" % log)
+    eq(s.get("/hello?fail=2&key=al").status, 200, "status")
+
+    def line():
+        try:
+            with open(log) as f:
+                lines = [json.loads(l) for l in f if l.strip()]
+            return lines[-1] if lines else None
+        except FileNotFoundError:
+            return None
+    rec = wait_until(line, 5 * SLOW, what="an access log line")
+    eq((rec["status"], rec["retries"], rec["breaker"], rec["limit"]), (200, 2, "closed", None), "the record")
