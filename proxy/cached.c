@@ -60,27 +60,54 @@ static void fill_release(void *f)
 
 /* The per-response lines after a stored head: Age, X-Cache, Cache-Status,
  * Via, X-Process-Time, connection handling, and the blank line. */
+/* Header lines put together by memcpy: they are on every hit, where
+ * snprintf took a sixth of the instructions. */
+struct lines {
+    char *p;
+    size_t n, cap;
+};
+
+static void lines_add(struct lines *l, const char *s, size_t len)
+{
+    if (len > l->cap - l->n) {
+        l->n = l->cap; /* cut short, like snprintf */
+        return;
+    }
+    memcpy(l->p + l->n, s, len);
+    l->n += len;
+}
+
+#define LINES_LIT(l, s) lines_add(l, s, sizeof(s) - 1)
+
 static size_t response_lines(struct conn *c, int64_t age, char *out, size_t cap)
 {
     if (!c->rq_keepalive || c->w->is_draining || c->client_eof)
         c->want_close = true;
-    int n = 0;
-    if (age >= 0)
-        n += snprintf(out + n, cap - n, "Age: %lld\r\n", (long long)age);
-    n += snprintf(out + n, cap - n, "X-Cache: %s\r\nCache-Status: sluice; %s\r\n", c->x_cache, c->cache_detail);
-    if (c->srv->via)
-        n += snprintf(out + n, cap - n, "Via: 1.1 sluice\r\n");
-    n += process_time_line(c, out + n, cap - n);
-    if (c->extra_len > 0 && (size_t)n + c->extra_len < cap - 64) {
-        memcpy(out + n, c->extra_lines, c->extra_len); /* RateLimit-* (limited.c) */
-        n += (int)c->extra_len;
+    struct lines l = {out, 0, cap};
+    if (age >= 0) {
+        char num[24], *end = num + sizeof(num);
+        char *p = put_uint_rev(end, (uint64_t)age);
+        LINES_LIT(&l, "Age: ");
+        lines_add(&l, p, (size_t)(end - p));
+        LINES_LIT(&l, "\r\n");
     }
+    LINES_LIT(&l, "X-Cache: ");
+    lines_add(&l, c->x_cache, strlen(c->x_cache));
+    LINES_LIT(&l, "\r\nCache-Status: sluice; ");
+    lines_add(&l, c->cache_detail, strlen(c->cache_detail));
+    LINES_LIT(&l, "\r\n");
+    if (c->srv->via)
+        LINES_LIT(&l, "Via: 1.1 sluice\r\n");
+    if (l.n < l.cap)
+        l.n += (size_t)process_time_line(c, out + l.n, cap - l.n);
+    if (c->extra_len > 0 && l.n + c->extra_len < cap - 64)
+        lines_add(&l, c->extra_lines, c->extra_len); /* RateLimit-* (limited.c) */
     if (c->want_close)
-        n += snprintf(out + n, cap - n, "Connection: close\r\n");
+        LINES_LIT(&l, "Connection: close\r\n");
     else if (!client_is_http11(c))
-        n += snprintf(out + n, cap - n, "Connection: keep-alive\r\n");
-    n += snprintf(out + n, cap - n, "\r\n");
-    return (size_t)n < cap ? (size_t)n : cap;
+        LINES_LIT(&l, "Connection: keep-alive\r\n");
+    LINES_LIT(&l, "\r\n");
+    return l.n;
 }
 
 static unsigned head_status(const char *head)

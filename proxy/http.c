@@ -109,8 +109,7 @@ static const char *process_time_name(const struct conn *c)
     return c->srv != NULL ? c->srv->process_time_header : "X-Process-Time";
 }
 
-/* Writes the decimal digits of v backwards ending at end; returns the start. */
-static char *put_uint_rev(char *end, uint64_t v)
+char *put_uint_rev(char *end, uint64_t v)
 {
     do {
         *--end = (char)('0' + v % 10);
