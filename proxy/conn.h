@@ -48,6 +48,8 @@ struct conn {
     struct outq out;
     enum conn_state state;
     enum timer_kind timer_kind;
+    uint64_t timer_due;   /* uv_now() when the current kind's time is up */
+    uint64_t timer_armed; /* when the uv timer fires, <= timer_due while armed */
     char peer[64];
 
     /* received, not parsed yet */

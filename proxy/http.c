@@ -65,18 +65,25 @@ static void up_read_start(struct conn *c);
 
 static void on_conn_timer(uv_timer_t *t);
 
+/* Every request sets a head timeout and then an idle timeout: restarting
+ * the uv timer each time cost two heap updates per request (8% of a cache
+ * hit).  So a timer that will fire no later than the new time is left
+ * armed; when it fires early, on_conn_timer arms it again for the rest.
+ * TK_NONE leaves it armed too: a firing then finds nothing to do. */
 static void timer_set(struct conn *c, enum timer_kind kind, uint64_t ms)
 {
     c->timer_kind = kind;
-    /* TK_NONE leaves the timer armed: if it fires, on_conn_timer ignores it,
-     * and the next timer_set restarts it anyway (stopping costs a heap
-     * removal on every request for nothing) */
     if (kind == TK_NONE)
         return;
     if (ms == 0) {
         uv_timer_stop(&c->timer);
         return;
     }
+    uint64_t now = uv_now(&c->w->loop);
+    c->timer_due = now + ms;
+    if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_armed <= c->timer_due)
+        return;
+    c->timer_armed = c->timer_due;
     uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
@@ -2013,6 +2020,12 @@ static void conn_read_stop(struct conn *c)
 static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
+    uint64_t now = uv_now(&c->w->loop);
+    if (c->timer_kind != TK_NONE && c->timer_due > now) {
+        c->timer_armed = c->timer_due;
+        uv_timer_start(&c->timer, on_conn_timer, c->timer_due - now, 0);
+        return;
+    }
     switch (c->timer_kind) {
     case TK_IDLE:
     case TK_LINGER:
