@@ -293,10 +293,12 @@ def while_every_server_is_open_the_fallback_upstream_answers():
 @test
 def while_every_server_is_open_a_cached_route_serves_stale():
     s = Setup(upstream="breaker on;", route="cache main;", extra=conf_block("cache main", "memory 8m;"))
-    eq(s.get("/hello?cc=max-age%3D1").status, 200, "filled")
-    time.sleep(1.2)
+    # max-age=2: the origin's Date has whole seconds, so a response can arrive
+    # up to a second old; with max-age=1 it could be stale (and not stored) at once
+    eq(s.get("/hello?cc=max-age%3D2").status, 200, "filled")
+    time.sleep(2.2)
     s.admin_post("/breaker?server=u/%s&state=open" % s.origins[0].addr)
-    r = s.get("/hello?cc=max-age%3D1")
+    r = s.get("/hello?cc=max-age%3D2")
     eq(r.status, 200, "stale answer (%r %r)" % (r.text, r.header("Cache-Status")))
     check("breaker-open" in (r.header("Cache-Status") or ""), "Cache-Status %r" % r.header("Cache-Status"))
 
