@@ -185,7 +185,7 @@ def retry_after_is_honoured_within_the_deadline():
     r = s2.get("/hello?fail=1&key=i&header=Retry-After:30")
     eq(r.status, 503, "passed on")
     eq(r.header("Retry-After"), "30", "with the server's Retry-After")
-    check(time.monotonic() - t0 < 1, "at once")
+    check(time.monotonic() - t0 < 1 * SLOW, "at once")
 
 
 @test
@@ -209,7 +209,7 @@ def a_breaker_opens_fails_fast_then_probes_and_closes():
     t0 = time.monotonic()
     r = s.get("/hello")
     eq(r.status, 503, "fail fast while open")
-    check(time.monotonic() - t0 < 0.2, "at once")
+    check(time.monotonic() - t0 < 0.2 * SLOW, "at once")
     check(r.header("Retry-After") in ("1", "2"), "Retry-After %r" % r.header("Retry-After"))
     check("circuit breaker is open" in r.text, "body: %r" % r.text)
     eq(origin_requests(s.origins[0]), before, "the upstream was not touched")
